@@ -1,0 +1,56 @@
+/**
+ * Time is a parameter: every decision takes its UTC day from a Clock, so tests can put a request
+ * at 23:59:59.999Z and the next one at 00:00:00.000Z without sleeping.
+ */
+export interface Clock {
+  /** Milliseconds since the epoch. */
+  now(): number
+}
+
+export const systemClock: Clock = { now: () => Date.now() }
+
+const DAY_MS = 86_400_000
+
+/** A clock for tests: starts at `start` and moves only when told. */
+export class ManualClock implements Clock {
+  #now: number
+  constructor(start: number | string | Date) {
+    this.#now = new Date(start).getTime()
+  }
+  now(): number {
+    return this.#now
+  }
+  set(to: number | string | Date): void {
+    this.#now = new Date(to).getTime()
+  }
+  advance(ms: number): void {
+    this.#now += ms
+  }
+}
+
+/** The UTC day of `ms` as `YYYY-MM-DD`. */
+export function utcDay(ms: number): string {
+  return new Date(ms).toISOString().slice(0, 10)
+}
+
+/** Start of the UTC day containing `ms`. */
+export function dayStart(ms: number): number {
+  return Math.floor(ms / DAY_MS) * DAY_MS
+}
+
+/** The next 00:00:00Z strictly after `ms`. */
+export function nextMidnight(ms: number): number {
+  return dayStart(ms) + DAY_MS
+}
+
+/** Whole seconds from `ms` to the next UTC midnight, at least 1 (for Retry-After). */
+export function secondsToMidnight(ms: number): number {
+  return Math.max(1, Math.ceil((nextMidnight(ms) - ms) / 1000))
+}
+
+/** The UTC day before `day` (`YYYY-MM-DD`). */
+export function previousDay(day: string): string {
+  return utcDay(Date.parse(`${day}T00:00:00Z`) - DAY_MS)
+}
+
+export { DAY_MS }

@@ -1,0 +1,78 @@
+/**
+ * The Postgres schema. Table and column names are part of the public contract (DESIGN.md 1.7):
+ * operators run the spec's SQL against them. Add columns, never rename.
+ */
+import { sql } from 'drizzle-orm'
+import {
+  bigint, check, date, foreignKey, index, integer, numeric, pgTable, primaryKey, text, timestamp, uuid,
+} from 'drizzle-orm/pg-core'
+
+export const usageLimits = pgTable(
+  'usage_limits',
+  {
+    tier: text('tier').primaryKey(),
+    // NULL = unlimited.
+    maxDeploymentsPerDay: integer('max_deployments_per_day'),
+    maxApiCallsPerDay: integer('max_api_calls_per_day'),
+    maxComputeHoursPerDay: numeric('max_compute_hours_per_day'),
+    maxStorageGb: numeric('max_storage_gb'),
+    updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    check('usage_limits_non_negative', sql`coalesce(${t.maxDeploymentsPerDay}, 0) >= 0
+      and coalesce(${t.maxApiCallsPerDay}, 0) >= 0
+      and coalesce(${t.maxComputeHoursPerDay}, 0) >= 0
+      and coalesce(${t.maxStorageGb}, 0) >= 0`),
+  ],
+)
+
+export const users = pgTable(
+  'users',
+  {
+    id: uuid('id').primaryKey(),
+    username: text('username').notNull().unique('users_username_key'),
+    tier: text('tier').notNull().default('free'),
+    createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    foreignKey({ name: 'users_tier_fkey', columns: [t.tier], foreignColumns: [usageLimits.tier] })
+      .onUpdate('cascade'),
+  ],
+)
+
+export const dailyUsage = pgTable(
+  'daily_usage',
+  {
+    userId: uuid('user_id').notNull(),
+    date: date('date', { mode: 'string' }).notNull(),
+    deploymentsCreated: integer('deployments_created').notNull().default(0),
+    apiCalls: integer('api_calls').notNull().default(0),
+    computeHours: numeric('compute_hours').notNull().default('0'),
+    storageGb: numeric('storage_gb').notNull().default('0'),
+    updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+    /**
+     * Version of the Redis user-day this row was written from. A flush only overwrites a row with
+     * an older version, so overlapping flushers (several replicas) never write stale totals.
+     */
+    version: bigint('version', { mode: 'number' }).notNull().default(0),
+  },
+  (t) => [
+    primaryKey({ name: 'daily_usage_pkey', columns: [t.userId, t.date] }),
+    foreignKey({ name: 'daily_usage_user_id_fkey', columns: [t.userId], foreignColumns: [users.id] })
+      .onDelete('cascade'),
+    // Serves the spec's "WHERE date = CURRENT_DATE ORDER BY api_calls DESC LIMIT 10".
+    index('daily_usage_date_api_calls_idx').on(t.date, t.apiCalls.desc()),
+  ],
+)
+
+/** One row per scheduled job run and day: makes the midnight snapshot run once per day. */
+export const schedulerRuns = pgTable(
+  'scheduler_runs',
+  {
+    job: text('job').notNull(),
+    day: date('day', { mode: 'string' }).notNull(),
+    ranAt: timestamp('ran_at', { withTimezone: true }).notNull().defaultNow(),
+    detail: text('detail'),
+  },
+  (t) => [primaryKey({ name: 'scheduler_runs_pkey', columns: [t.job, t.day] })],
+)
