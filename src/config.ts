@@ -2,7 +2,7 @@
  * Environment -> one typed Config, validated once at start. A bad value stops the start with a
  * ConfigError whose message names the variable.
  */
-import { randomBytes } from 'node:crypto'
+import { createPublicKey, randomBytes } from 'node:crypto'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { resolve } from 'node:path'
 
@@ -116,7 +116,7 @@ export function devSecret(cwd: string = process.cwd()): string {
   return secret
 }
 
-function jwtConfig(env: Env, production: boolean): JwtConfig {
+function jwtConfig(env: Env, production: boolean, cwd: string): JwtConfig {
   const secret = env.JWT_SECRET
   const publicKey = env.JWT_PUBLIC_KEY
   if (publicKey !== undefined && publicKey !== '') {
@@ -124,7 +124,14 @@ function jwtConfig(env: Env, production: boolean): JwtConfig {
       throw new ConfigError('JWT_PUBLIC_KEY', 'must be a PEM public key (-----BEGIN PUBLIC KEY----- ...)')
     }
     // Keys passed through env files often carry literal "\n".
-    return { publicKey: publicKey.replace(/\\n/g, '\n'), source: 'JWT_PUBLIC_KEY' }
+    const pem = publicKey.replace(/\\n/g, '\n')
+    // Parse it now: a truncated or mangled PEM must stop the start, not fail every request later.
+    try {
+      createPublicKey(pem)
+    } catch (err) {
+      throw new ConfigError('JWT_PUBLIC_KEY', `is not a readable PEM public key (${(err as Error).message})`)
+    }
+    return { publicKey: pem, source: 'JWT_PUBLIC_KEY' }
   }
   if (secret !== undefined && secret !== '') {
     if (Buffer.byteLength(secret) < 32) {
@@ -135,10 +142,15 @@ function jwtConfig(env: Env, production: boolean): JwtConfig {
   if (production) {
     throw new ConfigError('JWT_SECRET', 'is required when NODE_ENV=production (or set JWT_PUBLIC_KEY)')
   }
-  return { secret: devSecret(), source: 'dev-secret-file' }
+  return { secret: devSecret(cwd), source: 'dev-secret-file' }
 }
 
-export function loadConfig(env: Env = process.env): Config {
+export interface LoadConfigOptions {
+  /** Directory of the dev secret file. @default process.cwd() */
+  cwd?: string
+}
+
+export function loadConfig(env: Env = process.env, options: LoadConfigOptions = {}): Config {
   const production = env.NODE_ENV === 'production'
   const defaultTier = str(env, 'DEFAULT_TIER', 'free')
   if (!/^[a-z0-9_-]{1,64}$/i.test(defaultTier)) {
@@ -154,7 +166,7 @@ export function loadConfig(env: Env = process.env): Config {
     redisUrl: url(env, 'REDIS_URL', 'redis://127.0.0.1:6379', ['redis:', 'rediss:']),
     redisKeyPrefix,
     databaseUrl: url(env, 'DATABASE_URL', 'postgres://postgres@127.0.0.1:5432/quota', ['postgres:', 'postgresql:']),
-    jwt: jwtConfig(env, production),
+    jwt: jwtConfig(env, production, options.cwd ?? process.cwd()),
     usageFailMode: oneOf(env, 'USAGE_FAIL_MODE', 'closed', ['open', 'closed'] as const),
     redisCommandTimeoutMs: int(env, 'REDIS_COMMAND_TIMEOUT_MS', 250, 1, 60_000),
     flushIntervalMs: int(env, 'FLUSH_INTERVAL_MS', 1000, 10, 3_600_000),

@@ -1,0 +1,62 @@
+/**
+ * Redis key layout. Every key of one user lives in one "bucket" whose hash tag is `{<bucket>}`,
+ * so a script touching a user's day hash, gauge, idempotency key, the bucket's dirty set and
+ * epoch marker stays in one hash slot and runs unchanged on Redis Cluster.
+ *
+ *   <prefix>{<b>}:d:<user>:<YYYY-MM-DD>  hash  d a c s (micro-units), v (version); expires 2 days after its day
+ *   <prefix>{<b>}:g:<user>               string  storage gauge in micro-units; no expiry
+ *   <prefix>{<b>}:i:<user>:<key>         string  stored result of an idempotent call; 24 h
+ *   <prefix>{<b>}:dirty                  zset    "<user>:<day>" -> ms of the first unflushed change
+ *   <prefix>{<b>}:epoch                  string  ms when this bucket's state was (re)built in this Redis
+ */
+
+/** Number of buckets. Spreads users over this many hash slots; the flusher visits each per tick. */
+export const BUCKETS = 64
+
+/** FNV-1a of the user id, modulo BUCKETS. Stable across processes and releases. */
+export function bucketOf(userId: string): number {
+  let hash = 0x811c9dc5
+  for (let i = 0; i < userId.length; i++) {
+    hash ^= userId.charCodeAt(i)
+    hash = Math.imul(hash, 0x01000193)
+  }
+  return (hash >>> 0) % BUCKETS
+}
+
+export class KeySpace {
+  constructor(readonly prefix: string) {}
+
+  tag(bucket: number): string {
+    return `${this.prefix}{${bucket}}`
+  }
+
+  day(userId: string, day: string, bucket = bucketOf(userId)): string {
+    return `${this.tag(bucket)}:d:${userId}:${day}`
+  }
+
+  gauge(userId: string, bucket = bucketOf(userId)): string {
+    return `${this.tag(bucket)}:g:${userId}`
+  }
+
+  idempotency(userId: string, key: string, bucket = bucketOf(userId)): string {
+    return `${this.tag(bucket)}:i:${userId}:${key}`
+  }
+
+  dirty(bucket: number): string {
+    return `${this.tag(bucket)}:dirty`
+  }
+
+  epoch(bucket: number): string {
+    return `${this.tag(bucket)}:epoch`
+  }
+}
+
+/** Dirty-set member for a user-day. UUIDs contain no ':', so the split is unambiguous. */
+export function dirtyMember(userId: string, day: string): string {
+  return `${userId}:${day}`
+}
+
+export function parseDirtyMember(member: string): { userId: string; day: string } {
+  const at = member.lastIndexOf(':')
+  return { userId: member.slice(0, at), day: member.slice(at + 1) }
+}

@@ -1,0 +1,43 @@
+/**
+ * Start-up checks of the Redis server's settings that can silently break the invariants: an
+ * eviction policy may drop a counter (a fresh quota), and no persistence widens what a restart
+ * loses to the last flush interval. Managed Redis often refuses CONFIG GET; then we say so.
+ */
+import type { Redis } from 'ioredis'
+import type { Logger } from 'pino'
+
+export interface RedisSettings {
+  maxmemoryPolicy: string | null
+  appendonly: string | null
+}
+
+export async function readRedisSettings(redis: Redis): Promise<RedisSettings> {
+  const get = async (name: string): Promise<string | null> => {
+    try {
+      const reply = (await redis.config('GET', name)) as unknown
+      // RESP2 shape: [name, value]; RESP3 map mapping: { name: value }.
+      if (Array.isArray(reply)) return (reply[1] as string | undefined) ?? null
+      if (reply && typeof reply === 'object') return (reply as Record<string, string>)[name] ?? null
+      return null
+    } catch {
+      return null
+    }
+  }
+  return { maxmemoryPolicy: await get('maxmemory-policy'), appendonly: await get('appendonly') }
+}
+
+export async function warnAboutRedisDurability(redis: Redis, logger: Pick<Logger, 'warn' | 'info'>): Promise<RedisSettings> {
+  const settings = await readRedisSettings(redis)
+  if (settings.maxmemoryPolicy === null) {
+    logger.warn('cannot read Redis maxmemory-policy (CONFIG GET refused): make sure it is noeviction')
+  } else if (settings.maxmemoryPolicy !== 'noeviction') {
+    logger.warn(
+      { maxmemoryPolicy: settings.maxmemoryPolicy },
+      'Redis maxmemory-policy can evict keys: an evicted counter is rebuilt from Postgres only up to the last flush; set maxmemory-policy noeviction',
+    )
+  }
+  if (settings.appendonly === 'no') {
+    logger.warn('Redis has no AOF (appendonly no): a Redis restart loses the changes of the last flush interval; use appendonly yes, appendfsync everysec')
+  }
+  return settings
+}

@@ -1,0 +1,330 @@
+/**
+ * The counter store: the only code that knows the Lua scripts. Each operation is one script
+ * call (EVALSHA through ioredis `defineCommand`, which reloads a flushed script by itself).
+ * Amounts and limits are integer micro-units; the store knows nothing of tiers or HTTP.
+ */
+import { readFileSync } from 'node:fs'
+import { ReplyError } from 'ioredis'
+import type { ChainableCommander, Redis, Result } from 'ioredis'
+import { DAY_MS, dayStart } from '../clock.ts'
+import { BUCKETS, KeySpace, bucketOf, dirtyMember, parseDirtyMember } from './keys.ts'
+
+export type Field = 'd' | 'a' | 'c' | 's'
+export type Mode = 'check' | 'consume' | 'increment' | 'refund'
+
+declare module 'ioredis' {
+  interface RedisCommander<Context> {
+    quotaApply(numKeys: number, ...args: (string | number)[]): Result<(number | string)[], Context>
+    quotaSeed(...args: (string | number)[]): Result<number, Context>
+    quotaReset(...args: (string | number)[]): Result<number, Context>
+    quotaAck(numKeys: number, ...args: (string | number)[]): Result<number, Context>
+  }
+}
+
+const script = (name: string): string => readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8')
+const SCRIPTS = {
+  quotaApply: { lua: script('apply') },
+  quotaSeed: { lua: script('seed'), numberOfKeys: 3 },
+  quotaReset: { lua: script('reset'), numberOfKeys: 4 },
+  quotaAck: { lua: script('ack') },
+} as const
+
+/** Idempotency keys are kept 24 h (DESIGN 1.8). */
+export const IDEMPOTENCY_TTL_S = 86_400
+/** A day hash lives until 2 days after its day ends: time enough for the flusher to catch up. */
+const DAY_KEY_LIFETIME_MS = 3 * DAY_MS
+const MAX_LOAD_ATTEMPTS = 3
+
+export interface ApplyItem {
+  field: Field
+  /** Micro-units, > 0. */
+  amount: number
+  /** Micro-units; null = unlimited. */
+  limit: number | null
+}
+
+export interface ApplyRequest {
+  mode: Mode
+  userId: string
+  /** UTC day `YYYY-MM-DD` the decision counts for. */
+  day: string
+  /** Decision time (ms, from the injectable clock). */
+  now: number
+  items: ApplyItem[]
+  idempotencyKey?: string
+  /** Stored with an idempotent result and returned on replay (the tier). */
+  context?: string
+  /** Identifies the request's parameters, to refuse a key reused for another request. */
+  fingerprint?: string
+  /** Redis-server time (ms) after which the script must not apply anything. */
+  deadline?: number
+}
+
+export interface ApplyResult {
+  /** allowed: admitted (and applied unless checking); denied: nothing changed; conflict: key reused. */
+  outcome: 'allowed' | 'denied' | 'conflict'
+  /** The answer was replayed from the idempotency key; nothing was counted. */
+  replayed: boolean
+  /** Index into items of the first denied metric, -1 when none. */
+  deniedIndex: number
+  context: string
+  /** Values after the call (before it when denied or checked), micro-units. */
+  current: number[]
+  /** Limits the decision used, micro-units; null = unlimited. */
+  limits: (number | null)[]
+}
+
+/** A user-day as Postgres remembers it, to rebuild Redis after data loss. Micro-units. */
+export interface SeedState {
+  d: number
+  a: number
+  c: number
+  /** The day's recorded storage. */
+  s: number
+  version: number
+  /** The current storage gauge. */
+  gauge: number
+}
+
+export type StateLoader = (userId: string, day: string) => Promise<SeedState>
+
+export interface DirtyEntry {
+  bucket: number
+  member: string
+  userId: string
+  day: string
+  /** When the oldest unflushed change of this user-day happened (ms). */
+  since: number
+  /** Current values, or null when the day hash is gone (expired). */
+  values: { d: number; a: number; c: number; s: number; v: number } | null
+}
+
+/** Redis cannot decide now: unreachable, timed out, loading, read-only replica... */
+export class CounterUnavailableError extends Error {
+  override name = 'CounterUnavailableError'
+}
+
+// Redis error codes that mean "not now" rather than "this script is wrong".
+const TRANSIENT_REPLY = /^(LOADING|BUSY|READONLY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|OOM|NOREPLICAS|MISCONF)\b/
+
+function classify(err: unknown): Error {
+  if (err instanceof CounterUnavailableError) return err
+  // ioredis types ReplyError as `any`; narrow it to Error here, once.
+  if (err instanceof (ReplyError as typeof Error) && !TRANSIENT_REPLY.test(err.message)) return err
+  const message = err instanceof Error ? err.message : String(err)
+  return new CounterUnavailableError(`redis unavailable: ${message}`, { cause: err })
+}
+
+export interface RedisCounterStoreOptions {
+  /** Prefix of every key. @default 'quota:' */
+  prefix?: string
+  /** Reads a user-day from Postgres when Redis lost it. Without one, lost state counts from 0. */
+  loader?: StateLoader
+}
+
+export class RedisCounterStore {
+  readonly keys: KeySpace
+  readonly #loader: StateLoader | undefined
+
+  constructor(
+    readonly redis: Redis,
+    options: RedisCounterStoreOptions = {},
+  ) {
+    this.keys = new KeySpace(options.prefix ?? 'quota:')
+    this.#loader = options.loader
+    for (const [name, definition] of Object.entries(SCRIPTS)) {
+      if (!(name in redis)) redis.defineCommand(name, definition)
+    }
+  }
+
+  async apply(req: ApplyRequest): Promise<ApplyResult> {
+    const bucket = bucketOf(req.userId)
+    const keys = [
+      this.keys.day(req.userId, req.day, bucket),
+      this.keys.gauge(req.userId, bucket),
+      this.keys.dirty(bucket),
+      this.keys.epoch(bucket),
+    ]
+    if (req.idempotencyKey !== undefined) keys.push(this.keys.idempotency(req.userId, req.idempotencyKey, bucket))
+    const start = dayStart(req.now)
+    const args: (string | number)[] = [
+      req.mode,
+      req.deadline ?? 0,
+      req.now,
+      start,
+      Math.floor((start + DAY_KEY_LIFETIME_MS) / 1000),
+      dirtyMember(req.userId, req.day),
+      IDEMPOTENCY_TTL_S,
+      req.context ?? '',
+      req.fingerprint ?? '',
+      req.items.length,
+    ]
+    for (const item of req.items) args.push(item.field, item.amount, item.limit ?? -1)
+
+    for (let attempt = 1; ; attempt++) {
+      let reply: (number | string)[]
+      try {
+        reply = await this.redis.quotaApply(keys.length, ...keys, ...args)
+      } catch (err) {
+        throw classify(err)
+      }
+      const status = Number(reply[0])
+      if (status === 2 && attempt < MAX_LOAD_ATTEMPTS) {
+        await this.#seed(req.userId, req.day, req.now)
+        continue
+      }
+      if (status === 2) throw new CounterUnavailableError('redis state could not be rebuilt from postgres')
+      if (status === 3) throw new CounterUnavailableError('decision deadline passed before redis ran it')
+      return this.#result(reply, req.items.length)
+    }
+  }
+
+  #result(reply: (number | string)[], n: number): ApplyResult {
+    const status = Number(reply[0])
+    const base = status >= 10 ? status - 10 : status
+    const current: number[] = []
+    const limits: (number | null)[] = []
+    for (let i = 0; i < n; i++) {
+      current.push(Number(reply[3 + i]))
+      const limit = Number(reply[3 + n + i])
+      limits.push(limit < 0 ? null : limit)
+    }
+    return {
+      outcome: base === 1 ? 'allowed' : base === 4 ? 'conflict' : 'denied',
+      replayed: status >= 10,
+      deniedIndex: Number(reply[1]) - 1,
+      context: String(reply[2] ?? ''),
+      current,
+      limits,
+    }
+  }
+
+  /** Rebuilds a user's state from Postgres (only after Redis lost it). */
+  async #seed(userId: string, day: string, now: number): Promise<void> {
+    const state: SeedState = this.#loader
+      ? await this.#loader(userId, day)
+      : { d: 0, a: 0, c: 0, s: 0, version: 0, gauge: 0 }
+    const bucket = bucketOf(userId)
+    const start = Date.parse(`${day}T00:00:00Z`)
+    try {
+      await this.redis.quotaSeed(
+        this.keys.day(userId, day, bucket),
+        this.keys.gauge(userId, bucket),
+        this.keys.epoch(bucket),
+        state.d, state.a, state.c, state.s, state.version, state.gauge,
+        Math.floor((start + DAY_KEY_LIFETIME_MS) / 1000),
+        now,
+      )
+    } catch (err) {
+      throw classify(err)
+    }
+  }
+
+  /** Zeroes `fields` of a user's day (admin reset). */
+  async reset(userId: string, day: string, now: number, fields: Field[]): Promise<void> {
+    const bucket = bucketOf(userId)
+    const start = Date.parse(`${day}T00:00:00Z`)
+    for (let attempt = 1; ; attempt++) {
+      let status: number
+      try {
+        status = await this.redis.quotaReset(
+          this.keys.day(userId, day, bucket),
+          this.keys.gauge(userId, bucket),
+          this.keys.dirty(bucket),
+          this.keys.epoch(bucket),
+          now,
+          start,
+          Math.floor((start + DAY_KEY_LIFETIME_MS) / 1000),
+          dirtyMember(userId, day),
+          ...fields,
+        )
+      } catch (err) {
+        throw classify(err)
+      }
+      if (status === 1) return
+      if (attempt >= MAX_LOAD_ATTEMPTS) throw new CounterUnavailableError('redis state could not be rebuilt')
+      await this.#seed(userId, day, now)
+    }
+  }
+
+  /**
+   * Up to `maxPerBucket` dirty user-days of every bucket, oldest first, with their current
+   * values: two round trips whatever the number of buckets (one pipeline of ZRANGE, one of HMGET).
+   */
+  async readDirty(maxPerBucket: number): Promise<DirtyEntry[]> {
+    try {
+      const ranges = this.redis.pipeline()
+      for (let b = 0; b < BUCKETS; b++) ranges.zrange(this.keys.dirty(b), '0', String(maxPerBucket - 1), 'WITHSCORES')
+      const rangeReplies = (await ranges.exec()) ?? []
+      const members: Omit<DirtyEntry, 'values'>[] = []
+      rangeReplies.forEach(([err, raw], bucket) => {
+        if (err) throw err
+        const flat = raw as string[]
+        for (let i = 0; i < flat.length; i += 2) {
+          const member = flat[i] as string
+          const { userId, day } = parseDirtyMember(member)
+          members.push({ bucket, member, userId, day, since: Number(flat[i + 1]) })
+        }
+      })
+      if (members.length === 0) return []
+      const reads: ChainableCommander = this.redis.pipeline()
+      for (const m of members) reads.hmget(this.keys.day(m.userId, m.day, m.bucket), 'd', 'a', 'c', 's', 'v')
+      const replies = (await reads.exec()) ?? []
+      return members.map((m, i) => {
+        const [err, raw] = replies[i] ?? [new Error('no reply'), null]
+        if (err) throw err
+        const [d, a, c, s, v] = raw as (string | null)[]
+        const values = v === null || v === undefined
+          ? null
+          : { d: Number(d ?? 0), a: Number(a ?? 0), c: Number(c ?? 0), s: Number(s ?? 0), v: Number(v) }
+        return { ...m, values }
+      })
+    } catch (err) {
+      throw classify(err)
+    }
+  }
+
+  /** Removes flushed members from a bucket's dirty set unless they changed since `version`. */
+  async ack(bucket: number, written: { userId: string; day: string; version: number }[]): Promise<number> {
+    if (written.length === 0) return 0
+    const keys = [this.keys.dirty(bucket), ...written.map((w) => this.keys.day(w.userId, w.day, bucket))]
+    const args = written.flatMap((w) => [dirtyMember(w.userId, w.day), w.version])
+    try {
+      return await this.redis.quotaAck(keys.length, ...keys, ...args)
+    } catch (err) {
+      throw classify(err)
+    }
+  }
+
+  /** Time (ms) of the oldest unflushed change over all buckets, or null when all is flushed. */
+  async oldestDirty(): Promise<number | null> {
+    try {
+      const pipeline = this.redis.pipeline()
+      for (let b = 0; b < BUCKETS; b++) pipeline.zrange(this.keys.dirty(b), '0', '0', 'WITHSCORES')
+      const replies = (await pipeline.exec()) ?? []
+      let oldest: number | null = null
+      for (const [err, raw] of replies) {
+        if (err) throw err
+        const flat = raw as string[]
+        if (flat.length >= 2) {
+          const since = Number(flat[1])
+          if (oldest === null || since < oldest) oldest = since
+        }
+      }
+      return oldest
+    } catch (err) {
+      throw classify(err)
+    }
+  }
+
+  /** Number of dirty user-days per bucket (flusher planning and tests). */
+  async dirtyCounts(): Promise<number[]> {
+    const pipeline = this.redis.pipeline()
+    for (let b = 0; b < BUCKETS; b++) pipeline.zcard(this.keys.dirty(b))
+    const replies = (await pipeline.exec()) ?? []
+    return replies.map(([err, n]) => {
+      if (err) throw classify(err)
+      return Number(n)
+    })
+  }
+}

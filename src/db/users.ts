@@ -1,0 +1,146 @@
+/**
+ * Queries on `users` and `usage_limits` (DESIGN.md 1.4, 1.6, 1.7). Plain SQL on the service's pool;
+ * every write that can race (two first requests of one user, two replicas) relies on
+ * ON CONFLICT instead of read-then-write.
+ */
+import type { Pool } from './client.ts'
+import { UnknownTierError } from '../usage/errors.ts'
+
+export interface UserRow {
+  id: string
+  username: string
+  tier: string
+}
+
+export interface EnsureUserInput {
+  /** The token's `sub`, already validated as a UUID; normalised to lower case here too. */
+  id: string
+  /** The token's `username` claim, if any. */
+  username?: string | undefined
+  /** Tier of a user first seen (DEFAULT_TIER). */
+  defaultTier: string
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+
+function pgCode(err: unknown): string | undefined {
+  return (err as { code?: string } | null)?.code
+}
+
+function pgConstraint(err: unknown): string | undefined {
+  return (err as { constraint?: string } | null)?.constraint
+}
+
+async function insertIfAbsent(pool: Pool, id: string, username: string, tier: string): Promise<UserRow | undefined> {
+  try {
+    // No conflict target: a clash on the id (already provisioned) or on the username (taken) both
+    // leave the row alone, and a concurrent insert of the same id waits for that one and yields.
+    const { rows } = await pool.query<UserRow>(
+      `INSERT INTO users (id, username, tier) VALUES ($1, $2, $3)
+       ON CONFLICT DO NOTHING RETURNING id::text, username, tier`,
+      [id, username, tier],
+    )
+    return rows[0]
+  } catch (err) {
+    if (pgCode(err) === '23503' && pgConstraint(err) === 'users_tier_fkey') {
+      throw new Error(`DEFAULT_TIER "${tier}" is not a tier in usage_limits`, { cause: err })
+    }
+    throw err
+  }
+}
+
+/**
+ * The user of a token, created on first sight (DESIGN.md 1.4): tier = `defaultTier`, username =
+ * the claim, else the id; when the claimed username belongs to another id, the id is used. An
+ * existing row is never changed. Safe under any concurrency.
+ *
+ * A claimed username that is itself a UUID other than the user's id is ignored: otherwise one
+ * user could squat the id-as-username fallback of another and lock them out.
+ */
+export async function ensureUser(pool: Pool, input: EnsureUserInput): Promise<UserRow> {
+  const id = input.id.toLowerCase()
+  const claimed = input.username && !(UUID.test(input.username) && input.username.toLowerCase() !== id)
+    ? input.username
+    : undefined
+  const candidates = claimed !== undefined && claimed !== id ? [claimed, id] : [id]
+  for (const username of candidates) {
+    const created = await insertIfAbsent(pool, id, username, input.defaultTier)
+    if (created) return created
+    // Nothing inserted: either the id exists (return it untouched) or the username is taken.
+    const existing = await getUser(pool, id)
+    if (existing) return existing
+  }
+  throw new Error(`cannot provision user ${id}: username "${id}" belongs to another user`)
+}
+
+/** The user with this id, or undefined. */
+export async function getUser(pool: Pool, id: string): Promise<UserRow | undefined> {
+  const { rows } = await pool.query<UserRow>('SELECT id::text, username, tier FROM users WHERE id = $1', [id.toLowerCase()])
+  return rows[0]
+}
+
+/**
+ * Sets a user's tier. Returns the updated row, or undefined when the user does not exist.
+ * Throws UnknownTierError when `tier` is not a row of usage_limits.
+ */
+export async function setUserTier(pool: Pool, id: string, tier: string): Promise<UserRow | undefined> {
+  try {
+    const { rows } = await pool.query<UserRow>(
+      'UPDATE users SET tier = $2 WHERE id = $1 RETURNING id::text, username, tier',
+      [id.toLowerCase(), tier],
+    )
+    return rows[0]
+  } catch (err) {
+    if (pgCode(err) === '23503' && pgConstraint(err) === 'users_tier_fkey') throw new UnknownTierError(tier)
+    throw err
+  }
+}
+
+/** A row of usage_limits as stored: integers as numbers, numerics as exact decimal text, NULL = unlimited. */
+export interface TierLimitsRow {
+  tier: string
+  max_deployments_per_day: number | null
+  max_api_calls_per_day: number | null
+  max_compute_hours_per_day: string | null
+  max_storage_gb: string | null
+}
+
+export type LimitColumn = Exclude<keyof TierLimitsRow, 'tier'>
+
+const LIMIT_COLUMNS: readonly LimitColumn[] = [
+  'max_deployments_per_day', 'max_api_calls_per_day', 'max_compute_hours_per_day', 'max_storage_gb',
+]
+
+const SELECT_LIMITS = `SELECT tier, ${LIMIT_COLUMNS.join(', ')} FROM usage_limits`
+
+/** Every tier's limits, ordered by tier name. */
+export async function listLimits(pool: Pool): Promise<TierLimitsRow[]> {
+  const { rows } = await pool.query<TierLimitsRow>(`${SELECT_LIMITS} ORDER BY tier`)
+  return rows
+}
+
+/**
+ * Updates some limits of an existing tier (`null` = unlimited; absent = unchanged). Values are
+ * passed as text so numerics stay exact. Throws UnknownTierError when the tier does not exist.
+ */
+export async function updateLimits(
+  pool: Pool,
+  tier: string,
+  limits: Partial<Record<LimitColumn, number | string | null>>,
+): Promise<TierLimitsRow> {
+  const columns = LIMIT_COLUMNS.filter((c) => limits[c] !== undefined)
+  const values = columns.map((c) => {
+    const v = limits[c]
+    return v === null || v === undefined ? null : String(v)
+  })
+  const sets = columns.map((c, i) => `${c} = $${i + 2}`)
+  // Touch updated_at even for an empty change, so the row is returned (and the NOTIFY fires).
+  sets.push('updated_at = now()')
+  const { rows } = await pool.query<TierLimitsRow>(
+    `UPDATE usage_limits SET ${sets.join(', ')} WHERE tier = $1 RETURNING tier, ${LIMIT_COLUMNS.join(', ')}`,
+    [tier, ...values],
+  )
+  const row = rows[0]
+  if (!row) throw new UnknownTierError(tier)
+  return row
+}

@@ -1,0 +1,218 @@
+/**
+ * The quota Fastify plugin (DESIGN 1.9), shaped like @fastify/rate-limit: options validated once at
+ * registration; decorators `usage` and `requireUsageLimit`; an onRoute hook that turns a route's
+ * `config.usage` into the same guard, so routes without it pay nothing and a bad value fails at
+ * start-up. It also runs, per process, the tier cache (LISTEN), the flusher, and — on the leader
+ * only — the midnight job.
+ */
+import type {
+  FastifyInstance, FastifyReply, FastifyRequest, onRouteHookHandler, preHandlerAsyncHookHandler,
+} from 'fastify'
+import fp from 'fastify-plugin'
+import type { Redis } from 'ioredis'
+import { systemClock } from '../clock.ts'
+import type { Clock } from '../clock.ts'
+import type { FailMode } from '../config.ts'
+import { ServerClock } from '../counters/redis-client.ts'
+import { warnAboutRedisDurability } from '../counters/redis-checks.ts'
+import { RedisCounterStore } from '../counters/redis-store.ts'
+import { createPool } from '../db/client.ts'
+import type { Pool } from '../db/client.ts'
+import { loadSeedState } from '../db/daily-usage.ts'
+import { LimitsCache } from '../limits/limits-cache.ts'
+import { METRIC_NAMES, isMetricName, toMicro } from '../metrics.ts'
+import type { MetricName } from '../metrics.ts'
+import { Flusher } from '../persistence/flusher.ts'
+import { LeaderLock } from '../persistence/leader.ts'
+import { Scheduler } from '../persistence/scheduler.ts'
+import { UsageService } from '../usage/service.ts'
+import type { Amounts, ConsumeResult } from '../usage/types.ts'
+import { HttpError } from './errors.ts'
+import { rateLimitHeaders, sendLimitExceeded } from './limit-response.ts'
+
+export interface QuotaPluginOptions {
+  /** ioredis client for decisions (use createRedisClient: bounded timeouts, no offline queue). */
+  redis: Redis
+  /** A pg Pool, or a connection string (a pool is then created and closed with the app). */
+  database: Pool | string
+  /** Connection string for the LISTEN and leader-lock connections. @default the pool's connectionString */
+  databaseUrl?: string
+  /** Prefix of every Redis key. @default 'quota:' */
+  prefix?: string
+  /** Tier of users first seen. @default 'free' */
+  defaultTier?: string
+  /** When Redis cannot be reached: `closed` = 503, `open` = allow and log. @default 'closed' */
+  failMode?: FailMode
+  /** Longest a decision waits for Redis, ms; must match the client's commandTimeout. @default 250 */
+  commandTimeoutMs?: number
+  /** Redis -> Postgres flush period, ms. @default 1000 */
+  flushIntervalMs?: number
+  /** Source of "now" for usage days. @default the system clock */
+  clock?: Clock
+  /** Run the flusher in this process. @default true */
+  flush?: boolean
+  /** Take part in the leader election that runs the midnight job. @default true */
+  scheduler?: boolean
+  /** Who spends: the authenticated user's id. @default request.user.id */
+  userId?: (request: FastifyRequest) => string | undefined
+  /** Check Redis' eviction and persistence settings at start and warn. @default true */
+  checkRedisSettings?: boolean
+}
+
+export interface QuotaInternals {
+  store: RedisCounterStore
+  limits: LimitsCache
+  flusher: Flusher
+  leader: LeaderLock | undefined
+  scheduler: Scheduler | undefined
+  serverClock: ServerClock
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The usage service: checkLimit, consume, incrementUsage, refund, status, reset. */
+    usage: UsageService
+    /** preHandler: atomically consumes `amount` of `metric` before the handler; refunds when it fails. */
+    requireUsageLimit(metric: MetricName, amount?: number): preHandlerAsyncHookHandler
+    /** The parts behind `usage`, for operations (readiness, flush lag) and tests. */
+    quota: QuotaInternals
+  }
+  interface FastifyContextConfig {
+    /** Amounts this route consumes per request, e.g. `{ compute_hours: 0.5 }`. */
+    usage?: Amounts
+  }
+}
+
+interface GuardState {
+  userId: string
+  amounts: Amounts
+  result: ConsumeResult
+  settled: boolean
+}
+
+const guards = new WeakMap<FastifyRequest, GuardState>()
+
+function defaultUserId(request: FastifyRequest): string | undefined {
+  const user = (request as { user?: { id?: unknown } }).user
+  return typeof user?.id === 'string' ? user.id : undefined
+}
+
+/** Validates a guard's amounts at start-up: an unknown metric or a bad amount stops the app. */
+function validateAmounts(amounts: Amounts, where: string): Amounts {
+  if (amounts === null || typeof amounts !== 'object' || Object.keys(amounts).length === 0) {
+    throw new Error(`${where}: usage must be an object like { deployments: 1 }`)
+  }
+  for (const [metric, amount] of Object.entries(amounts)) {
+    if (!isMetricName(metric)) throw new Error(`${where}: unknown metric "${metric}"; expected one of ${METRIC_NAMES.join(', ')}`)
+    try {
+      toMicro(metric, amount)
+    } catch (err) {
+      throw new Error(`${where}: ${metric}: ${(err as Error).message}`, { cause: err })
+    }
+  }
+  return amounts
+}
+
+async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): Promise<void> {
+  const clock = options.clock ?? systemClock
+  const ownsPool = typeof options.database === 'string'
+  const pool = typeof options.database === 'string' ? createPool(options.database, { logger: app.log }) : options.database
+  const databaseUrl = options.databaseUrl ?? (typeof options.database === 'string'
+    ? options.database
+    : (pool as Pool & { options: { connectionString?: string } }).options.connectionString)
+  if (!databaseUrl) throw new Error('quota: pass databaseUrl (the pool has no connectionString)')
+  const commandTimeoutMs = options.commandTimeoutMs ?? 250
+  const getUserId = options.userId ?? defaultUserId
+
+  const store = new RedisCounterStore(options.redis, {
+    prefix: options.prefix ?? 'quota:',
+    loader: (userId, day) => loadSeedState(pool, userId, day),
+  })
+  const limits = new LimitsCache({ pool, databaseUrl, defaultTier: options.defaultTier ?? 'free', logger: app.log })
+  const flusher = new Flusher({ store, pool, intervalMs: options.flushIntervalMs ?? 1000, logger: app.log })
+  const serverClock = new ServerClock(options.redis)
+  const leader = options.scheduler === false ? undefined : new LeaderLock({ databaseUrl, logger: app.log })
+  const scheduler = leader
+    ? new Scheduler({ pool, flusher, clock, isLeader: () => leader.isLeader, logger: app.log })
+    : undefined
+  const usage = new UsageService({
+    store, limits, clock, pool, serverClock, commandTimeoutMs,
+    failMode: options.failMode ?? 'closed',
+    logger: app.log,
+    flushAll: () => flusher.flushAll(),
+  })
+
+  await limits.start()
+  await serverClock.sync().catch(() => {})
+  serverClock.start()
+  if (options.checkRedisSettings !== false) await warnAboutRedisDurability(options.redis, app.log)
+  if (options.flush !== false) flusher.start()
+  if (leader && scheduler) {
+    await leader.start()
+    scheduler.start()
+  }
+
+  app.addHook('onClose', async () => {
+    await scheduler?.stop()
+    await leader?.stop()
+    // The last flush: everything admitted reaches daily_usage before the process exits.
+    if (options.flush !== false) {
+      await flusher.stop().catch((err: Error) => app.log.error({ err: err.message }, 'final usage flush failed; changes stay in redis'))
+    }
+    serverClock.stop()
+    await limits.stop()
+    if (ownsPool) await pool.end()
+  })
+
+  const guard = (amounts: Amounts): preHandlerAsyncHookHandler =>
+    async function usageGuard(this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
+      if (guards.has(request)) return // counted once per request, whichever guard came first
+      const userId = getUserId(request)
+      if (userId === undefined) throw new HttpError(401, 'Unauthorized', 'A user is required to spend usage')
+      const result = await usage.consume(userId, amounts)
+      const now = clock.now()
+      if (!result.allowed) {
+        await sendLimitExceeded(reply, result, now)
+        return reply
+      }
+      guards.set(request, { userId, amounts, result, settled: false })
+      reply.headers(rateLimitHeaders(result, now))
+    }
+
+  const refundIfFailed = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    const state = guards.get(request)
+    if (!state || state.settled) return
+    state.settled = true
+    if (reply.statusCode >= 400 && !state.result.degraded) {
+      await usage.refund(state.userId, state.amounts, state.result.day).catch((err: Error) => {
+        request.log.error({ err: err.message }, 'usage refund failed')
+      })
+    }
+  }
+  // onSend sees the final status (handler answers and thrown errors alike) before the client does;
+  // onResponse covers answers that skipped onSend (aborted connections).
+  app.addHook('onSend', async (request, reply, payload) => {
+    await refundIfFailed(request, reply)
+    return payload
+  })
+  app.addHook('onResponse', async (request, reply) => {
+    await refundIfFailed(request, reply)
+  })
+
+  app.decorate('usage', usage)
+  app.decorate('quota', { store, limits, flusher, leader, scheduler, serverClock })
+  app.decorate('requireUsageLimit', (metric: MetricName, amount = 1) =>
+    guard(validateAmounts({ [metric]: amount }, `requireUsageLimit('${String(metric)}', ${String(amount)})`)))
+
+  const onRoute: onRouteHookHandler = (routeOptions) => {
+    const amounts = routeOptions.config?.usage
+    if (amounts === undefined) return
+    const hook = guard(validateAmounts(amounts, `route ${routeOptions.method} ${routeOptions.url} config.usage`))
+    const existing = routeOptions.preHandler
+    routeOptions.preHandler = existing === undefined ? [hook] : [...(Array.isArray(existing) ? existing : [existing]), hook]
+  }
+  app.addHook('onRoute', onRoute)
+}
+
+export default fp(quotaPlugin, { fastify: '5.x', name: 'quota' })
+export { quotaPlugin }

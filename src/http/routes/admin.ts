@@ -1,0 +1,112 @@
+/**
+ * Admin routes under /api/usage/admin: manual reset, any user's status, a user's tier, tier limits.
+ * Changes go to Postgres; the tier cache of every replica drops them via NOTIFY, and this
+ * replica's at once.
+ */
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { getUser, listLimits, setUserTier, updateLimits } from '../../db/users.ts'
+import type { TierLimitsRow } from '../../db/users.ts'
+import { HttpError } from '../errors.ts'
+import {
+  LimitsBody, LimitsListResponse, ResetBody, ResetResponse, StatusResponse, TierBody, TierLimitsSchema, TierParams,
+  UserIdParams, UserTierResponse, commonErrors,
+} from '../schemas.ts'
+
+const security = [{ bearerAuth: [] }]
+const notFound = { 404: commonErrors[400] }
+
+function limitsBody(row: TierLimitsRow) {
+  const num = (v: string | number | null): number | null => (v === null ? null : Number(v))
+  return {
+    tier: row.tier,
+    max_deployments_per_day: num(row.max_deployments_per_day),
+    max_api_calls_per_day: num(row.max_api_calls_per_day),
+    max_compute_hours_per_day: num(row.max_compute_hours_per_day),
+    max_storage_gb: num(row.max_storage_gb),
+  }
+}
+
+const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  app.addHook('onRequest', app.requireAdmin)
+
+  app.post('/manual-reset', {
+    // The spec's curl sends no body at all: that means "everyone, every daily metric".
+    preValidation: async (request) => {
+      if (request.body === undefined || request.body === null) request.body = {}
+    },
+    schema: {
+      tags: ['admin'],
+      summary: "Zeroes today's counters of one user / one metric / everyone, in Redis and Postgres",
+      description: 'Without `metric` the daily metrics are zeroed; the storage gauge only when named.',
+      security,
+      body: ResetBody,
+      response: { 200: ResetResponse, ...commonErrors },
+    },
+  }, async (request) => {
+    const body = request.body ?? {}
+    const summary = await app.usage.reset({ userId: body.user_id, metric: body.metric })
+    request.log.info({ summary }, 'manual usage reset')
+    return summary
+  })
+
+  app.get('/users/:id/status', {
+    schema: {
+      tags: ['admin'],
+      summary: "Any user's status",
+      security,
+      params: UserIdParams,
+      response: { 200: StatusResponse, ...notFound, ...commonErrors },
+    },
+  }, async (request) => {
+    const user = await getUser(app.pool, request.params.id)
+    if (!user) throw new HttpError(404, 'Not found', `No user ${request.params.id.toLowerCase()}`)
+    return app.usage.status(user.id)
+  })
+
+  app.put('/users/:id/tier', {
+    schema: {
+      tags: ['admin'],
+      summary: "Changes a user's tier (applies to the next decision)",
+      security,
+      params: UserIdParams,
+      body: TierBody,
+      response: { 200: UserTierResponse, ...notFound, ...commonErrors },
+    },
+  }, async (request) => {
+    const user = await setUserTier(app.pool, request.params.id, request.body.tier)
+    if (!user) throw new HttpError(404, 'Not found', `No user ${request.params.id.toLowerCase()}`)
+    app.quota.limits.invalidateUser(user.id)
+    return { user_id: user.id, username: user.username, tier: user.tier }
+  })
+
+  app.get('/limits', {
+    schema: {
+      tags: ['admin'],
+      summary: 'Every tier\'s limits (null = unlimited)',
+      security,
+      response: { 200: LimitsListResponse, ...commonErrors },
+    },
+  }, async () => ({ tiers: (await listLimits(app.pool)).map(limitsBody) }))
+
+  app.put('/limits/:tier', {
+    schema: {
+      tags: ['admin'],
+      summary: "Edits a tier's limits (null = unlimited; absent = unchanged)",
+      security,
+      params: TierParams,
+      body: LimitsBody,
+      response: { 200: TierLimitsSchema, ...notFound, ...commonErrors },
+    },
+  }, async (request) => {
+    for (const [column, value] of Object.entries(request.body)) {
+      if (typeof value === 'number' && Math.round(value * 1e6) / 1e6 !== value) {
+        throw new HttpError(400, 'Invalid request', `body/${column} must have at most 6 decimal places`, { field: column })
+      }
+    }
+    const row = await updateLimits(app.pool, request.params.tier, request.body)
+    await app.quota.limits.invalidateAll()
+    return limitsBody(row)
+  })
+}
+
+export default adminRoutes

@@ -1,0 +1,173 @@
+/**
+ * Each user's tier and each tier's limits, cached in the process so a decision needs no Postgres
+ * round trip. Changes made anywhere — the admin API, another replica, or a plain SQL UPDATE in
+ * psql — reach every process within milliseconds: triggers NOTIFY `quota_changes`, and one
+ * LISTEN connection per process drops the stale entries. NOTIFYs sent while that connection is
+ * down are lost (Postgres does not queue them), so on every (re)connect the whole cache is
+ * dropped and reloaded; a periodic reload is the safety net behind both.
+ */
+import { LRUCache } from 'lru-cache'
+import type pg from 'pg'
+import type { Logger } from 'pino'
+import { createClient } from '../db/client.ts'
+import type { Pool } from '../db/client.ts'
+import { ensureUser, getUser } from '../db/users.ts'
+import { loadAllTierLimits } from './tier-limits.ts'
+import type { TierLimits } from './tier-limits.ts'
+
+export const CHANGE_CHANNEL = 'quota_changes'
+
+export interface LimitsCacheOptions {
+  pool: Pool
+  /** Connection string for the LISTEN connection. */
+  databaseUrl: string
+  /** Tier of users first seen. @default 'free' */
+  defaultTier?: string
+  logger?: Pick<Logger, 'info' | 'warn' | 'debug'>
+  /** Most users kept in the tier cache. @default 100_000 */
+  maxUsers?: number
+  /** Safety expiry of a cached user tier, ms. @default 60_000 */
+  userTtlMs?: number
+  /** Safety reload period of tier limits, ms. @default 30_000 */
+  limitsReloadMs?: number
+  /** Delay before re-opening a dropped LISTEN connection, ms. @default 250 */
+  reconnectDelayMs?: number
+}
+
+export class LimitsCache {
+  readonly #pool: Pool
+  readonly #databaseUrl: string
+  readonly #defaultTier: string
+  readonly #logger: LimitsCacheOptions['logger']
+  readonly #users: LRUCache<string, string>
+  readonly #limitsReloadMs: number
+  readonly #reconnectDelayMs: number
+  #tiers = new Map<string, TierLimits>()
+  #listener: pg.Client | undefined
+  #reloadTimer: NodeJS.Timeout | undefined
+  #reconnectTimer: NodeJS.Timeout | undefined
+  #closed = false
+  /** Bumped on every invalidation, so a load that raced with it is not cached. */
+  #generation = 0
+  #listening = false
+
+  constructor(options: LimitsCacheOptions) {
+    this.#pool = options.pool
+    this.#databaseUrl = options.databaseUrl
+    this.#defaultTier = options.defaultTier ?? 'free'
+    this.#logger = options.logger
+    this.#users = new LRUCache({ max: options.maxUsers ?? 100_000, ttl: options.userTtlMs ?? 60_000 })
+    this.#limitsReloadMs = options.limitsReloadMs ?? 30_000
+    this.#reconnectDelayMs = options.reconnectDelayMs ?? 250
+  }
+
+  /** Loads the tier limits and opens the LISTEN connection. */
+  async start(): Promise<void> {
+    await this.reloadLimits()
+    await this.#listen()
+    this.#reloadTimer = setInterval(() => {
+      this.reloadLimits().catch((err: Error) => this.#logger?.warn({ err: err.message }, 'tier limits reload failed'))
+    }, this.#limitsReloadMs)
+    this.#reloadTimer.unref()
+  }
+
+  async stop(): Promise<void> {
+    this.#closed = true
+    if (this.#reloadTimer) clearInterval(this.#reloadTimer)
+    if (this.#reconnectTimer) clearTimeout(this.#reconnectTimer)
+    const listener = this.#listener
+    this.#listener = undefined
+    this.#listening = false
+    if (listener) await listener.end().catch(() => {})
+  }
+
+  /** True while the LISTEN connection is up (changes arrive at once). */
+  get listening(): boolean {
+    return this.#listening
+  }
+
+  async reloadLimits(): Promise<void> {
+    this.#tiers = await loadAllTierLimits(this.#pool)
+  }
+
+  /** Limits of a tier; undefined when the tier does not exist. */
+  tierLimits(tier: string): TierLimits | undefined {
+    return this.#tiers.get(tier)
+  }
+
+  tiers(): ReadonlyMap<string, TierLimits> {
+    return this.#tiers
+  }
+
+  /**
+   * The user's tier: from the cache, else from Postgres, provisioning a user first seen with the
+   * default tier (once; later calls hit the cache).
+   */
+  async userTier(userId: string, username?: string): Promise<string> {
+    const cached = this.#users.get(userId)
+    if (cached !== undefined) return cached
+    const generation = this.#generation
+    // Known users (the common case after a cache expiry) cost one indexed read.
+    const user = (await getUser(this.#pool, userId))
+      ?? (await ensureUser(this.#pool, { id: userId, username, defaultTier: this.#defaultTier }))
+    if (generation === this.#generation) this.#users.set(userId, user.tier)
+    return user.tier
+  }
+
+  /** Caches a tier already known (e.g. just read or written by the auth layer). */
+  rememberUserTier(userId: string, tier: string): void {
+    this.#users.set(userId, tier)
+  }
+
+  invalidateUser(userId: string): void {
+    this.#generation++
+    this.#users.delete(userId)
+  }
+
+  async invalidateAll(): Promise<void> {
+    this.#generation++
+    this.#users.clear()
+    await this.reloadLimits()
+  }
+
+  async #listen(): Promise<void> {
+    const client = createClient(this.#databaseUrl, (err) => {
+      this.#logger?.warn({ err: err.message }, 'postgres LISTEN connection error')
+    })
+    client.on('notification', (msg) => this.#onNotification(msg.payload ?? ''))
+    client.on('end', () => {
+      if (this.#listener !== client) return
+      this.#listener = undefined
+      this.#listening = false
+      if (!this.#closed) this.#scheduleReconnect()
+    })
+    await client.connect()
+    await client.query(`LISTEN ${CHANGE_CHANNEL}`)
+    this.#listener = client
+    this.#listening = true
+  }
+
+  #scheduleReconnect(): void {
+    this.#reconnectTimer = setTimeout(() => {
+      this.#listen()
+        .then(async () => {
+          // Changes made while we were not listening were never delivered: start afresh.
+          await this.invalidateAll()
+          this.#logger?.info('postgres LISTEN connection restored; tier caches reloaded')
+        })
+        .catch((err: Error) => {
+          this.#logger?.debug({ err: err.message }, 'postgres LISTEN reconnect failed')
+          if (!this.#closed) this.#scheduleReconnect()
+        })
+    }, this.#reconnectDelayMs)
+    this.#reconnectTimer.unref()
+  }
+
+  #onNotification(payload: string): void {
+    if (payload.startsWith('user:')) {
+      this.invalidateUser(payload.slice('user:'.length))
+      return
+    }
+    this.invalidateAll().catch((err: Error) => this.#logger?.warn({ err: err.message }, 'tier limits reload failed'))
+  }
+}

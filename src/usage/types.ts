@@ -1,0 +1,81 @@
+/**
+ * What the usage service answers: plain values in display units (9.8, never micro-units).
+ * "Over the limit" is an answer (`allowed: false`), never a thrown error.
+ */
+import type { MetricName, MetricPeriod } from '../metrics.ts'
+
+export interface MetricState {
+  current: number
+  /** null = unlimited. */
+  limit: number | null
+  /** null = unlimited. */
+  remaining: number | null
+  unit: string
+  period: MetricPeriod
+}
+
+export interface Decision {
+  allowed: boolean
+  /** Why it was denied ("Daily deployments limit exceeded"); null when allowed. */
+  reason: string | null
+  metric: MetricName
+  amount: number
+  /** Usage before this request (a check changes nothing); null when Redis was unavailable (fail open). */
+  current: number | null
+  limit: number | null
+  remaining: number | null
+  tier: string
+  /** ISO time the metric resets (next UTC midnight); null for the storage gauge. */
+  resetsAt: string | null
+  /** Set when the answer was given without Redis (USAGE_FAIL_MODE=open). */
+  degraded?: boolean
+}
+
+export interface ConsumedMetric extends Omit<MetricState, 'current' | 'remaining'> {
+  amount: number
+  /** null when Redis was unavailable (fail open). */
+  current: number | null
+  remaining: number | null
+}
+
+export interface ConsumeResult {
+  allowed: boolean
+  reason: string | null
+  /** The first denied metric in registry order, or null. */
+  deniedMetric: MetricName | null
+  tier: string
+  /** The UTC day the amounts counted for (refunds go to the same day). */
+  day: string
+  /** When allowed: values after the call; when denied: values before it. */
+  metrics: Partial<Record<MetricName, ConsumedMetric>>
+  /** Earliest reset among the requested metrics (ISO), null if only the gauge. */
+  resetsAt: string | null
+  /** The answer of an earlier call with the same idempotency key; nothing was counted now. */
+  replayed: boolean
+  degraded?: boolean
+}
+
+export interface UsageStatus {
+  user_id: string
+  tier: string
+  date: string
+  resets_at: string
+  metrics: Record<MetricName, MetricState>
+}
+
+export interface ResetSummary {
+  date: string
+  user_id: string | null
+  metrics: MetricName[]
+  /** Users whose Redis counters were zeroed. */
+  users_reset: number
+  /** daily_usage rows zeroed. */
+  rows_updated: number
+}
+
+export type Amounts = Partial<Record<MetricName, number>>
+
+export interface CallOptions {
+  /** 1–128 printable ASCII characters; a repeat within 24 h replays the first answer. */
+  idempotencyKey?: string
+}

@@ -1,0 +1,203 @@
+/**
+ * Migrations (DESIGN.md 1.2, 1.6, 1.7): they build the contract's schema from nothing, run twice
+ * without effect, roll back one step at a time to nothing and re-apply to the identical schema,
+ * seed the tiers exactly, and make CURRENT_DATE the UTC day for every session.
+ */
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import pg from 'pg'
+import t from 'tap'
+import { utcDay } from '../../src/clock.ts'
+import { migrate, rollback, status } from '../../src/db/migrate.ts'
+import { BASE_URL, createTestDatabase, emptyDatabase } from '../helpers/database.ts'
+import { cleanEnv, withoutTapHooks } from '../helpers/net.ts'
+import { REPO_ROOT } from '../helpers/service-process.ts'
+
+const run = promisify(execFile)
+const TAGS = ['0000_init', '0001_utc_tiers_notify']
+
+/** Runs `fn` on a fresh plain connection (no session options): what an operator's psql sees. */
+async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: url })
+  client.on('error', () => {})
+  await client.connect()
+  try {
+    return await fn(client)
+  } finally {
+    await client.end()
+  }
+}
+
+/** Everything a migration defines, in a comparable form (ordered, no oids or timestamps). */
+async function schemaDump(url: string): Promise<Record<string, unknown[]>> {
+  return withClient(url, async (c) => {
+    const q = async (sql: string): Promise<unknown[]> => (await c.query(sql)).rows
+    return {
+      columns: await q(`SELECT table_name, column_name, ordinal_position, data_type, is_nullable, column_default,
+                               numeric_precision, numeric_scale
+                        FROM information_schema.columns WHERE table_schema = 'public'
+                        ORDER BY table_name, ordinal_position`),
+      constraints: await q(`SELECT conrelid::regclass::text AS tbl, conname, contype, pg_get_constraintdef(oid) AS def
+                            FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2`),
+      indexes: await q(`SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1, 2`),
+      triggers: await q(`SELECT tgrelid::regclass::text AS tbl, tgname, pg_get_triggerdef(oid) AS def
+                         FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2`),
+      functions: await q(`SELECT proname, pg_get_functiondef(oid) AS def FROM pg_proc
+                          WHERE pronamespace = 'public'::regnamespace ORDER BY 1`),
+      settings: await q(`SELECT unnest(setconfig) AS setting FROM pg_db_role_setting
+                         WHERE setrole = 0 AND setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
+                         ORDER BY 1`),
+      // Tier rows, when the table exists (it does not after a full rollback).
+      tiers: (await c.query(`SELECT to_regclass('public.usage_limits') IS NOT NULL AS ok`)).rows[0]?.ok
+        ? await q(`SELECT tier, max_deployments_per_day, max_api_calls_per_day, max_compute_hours_per_day,
+                          max_storage_gb FROM usage_limits ORDER BY tier`)
+        : [],
+    }
+  })
+}
+
+/** `status()` reduced to `tag: applied|pending`, and it must never report a modified file. */
+async function statusLines(url: string): Promise<string[]> {
+  const infos = await status(url)
+  return infos.map((m) => `${m.tag}: ${m.applied ? 'applied' : 'pending'}${m.modified ? ' MODIFIED' : ''}`)
+}
+
+t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
+  const db = await emptyDatabase(t)
+  let full: Record<string, unknown[]> = {}
+
+  t.test('empty database: everything pending, no timezone setting', async (t) => {
+    t.same(await statusLines(db.url), TAGS.map((tag) => `${tag}: pending`))
+    const empty = await schemaDump(db.url)
+    t.same(empty.columns, [], 'no tables')
+    t.same(empty.settings, [], 'no database-level settings yet')
+  })
+
+  t.test('migrate applies both, then nothing', async (t) => {
+    t.same(await migrate(db.url), TAGS, 'applies every migration in order')
+    t.same(await statusLines(db.url), TAGS.map((tag) => `${tag}: applied`))
+    full = await schemaDump(db.url)
+    t.same(await migrate(db.url), [], 'second run applies nothing')
+    t.same(await schemaDump(db.url), full, 'and changes nothing')
+    const recorded = await db.pool.query('SELECT count(*)::int AS n FROM drizzle.__drizzle_migrations')
+    t.equal(recorded.rows[0].n, 2, 'each migration recorded once')
+  })
+
+  t.test('the contract tables and columns exist (DESIGN.md 1.7)', async (t) => {
+    const columns = (full.columns as Array<{ table_name: string; column_name: string; data_type: string; is_nullable: string }>)
+      .map((c) => `${c.table_name}.${c.column_name} ${c.data_type}${c.is_nullable === 'NO' ? ' not null' : ''}`)
+    for (const expected of [
+      'users.id uuid not null',
+      'users.username text not null',
+      'users.tier text not null',
+      'users.created_at timestamp with time zone not null',
+      'usage_limits.tier text not null',
+      'usage_limits.max_deployments_per_day integer',
+      'usage_limits.max_api_calls_per_day integer',
+      'usage_limits.max_compute_hours_per_day numeric',
+      'usage_limits.max_storage_gb numeric',
+      'daily_usage.user_id uuid not null',
+      'daily_usage.date date not null',
+      'daily_usage.deployments_created integer not null',
+      'daily_usage.api_calls integer not null',
+      'daily_usage.compute_hours numeric not null',
+      'daily_usage.storage_gb numeric not null',
+      'daily_usage.updated_at timestamp with time zone not null',
+      'daily_usage.version bigint not null',
+    ]) {
+      t.ok(columns.includes(expected), expected)
+    }
+    const constraints = (full.constraints as Array<{ tbl: string; def: string }>).map((c) => `${c.tbl}: ${c.def}`)
+    for (const expected of [
+      'users: PRIMARY KEY (id)',
+      'users: UNIQUE (username)',
+      'users: FOREIGN KEY (tier) REFERENCES usage_limits(tier) ON UPDATE CASCADE',
+      'usage_limits: PRIMARY KEY (tier)',
+      'daily_usage: PRIMARY KEY (user_id, date)',
+      'daily_usage: FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE',
+    ]) {
+      t.ok(constraints.includes(expected), expected)
+    }
+    const triggers = (full.triggers as Array<{ tgname: string }>).map((x) => x.tgname)
+    t.same(triggers.sort(), ['usage_limits_notify', 'users_tier_notify'], 'change-notification triggers')
+    const userDefault = await db.pool.query(
+      `SELECT column_default FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'tier'`,
+    )
+    t.equal(userDefault.rows[0].column_default, `'free'::text`, "users.tier defaults to 'free'")
+  })
+
+  t.test('tier rows are exactly DESIGN.md 1.6', async (t) => {
+    t.same(full.tiers, [
+      { tier: 'enterprise', max_deployments_per_day: null, max_api_calls_per_day: null, max_compute_hours_per_day: null, max_storage_gb: null },
+      { tier: 'free', max_deployments_per_day: 10, max_api_calls_per_day: 5000, max_compute_hours_per_day: '10', max_storage_gb: '5' },
+      { tier: 'pro', max_deployments_per_day: 50, max_api_calls_per_day: 50000, max_compute_hours_per_day: '100', max_storage_gb: '100' },
+    ])
+  })
+
+  t.test('the database default timezone is UTC', async (t) => {
+    t.same(full.settings, [{ setting: 'TimeZone=UTC' }], 'set on the database itself')
+    // A brand-new session with no options, like an operator's psql.
+    const before = utcDay(Date.now())
+    const seen = await withClient(db.url, async (c) => {
+      const tz = await c.query('SHOW timezone')
+      const today = await c.query('SELECT CURRENT_DATE::text AS today')
+      return { tz: tz.rows[0].TimeZone as string, today: today.rows[0].today as string }
+    })
+    const after = utcDay(Date.now())
+    t.equal(seen.tz, 'UTC')
+    // Only differs from `before` if the query ran across midnight UTC.
+    t.ok(seen.today === before || seen.today === after, `CURRENT_DATE ${seen.today} is the UTC day ${after}`)
+  })
+
+  t.test('first rollback reverts 0001 only', async (t) => {
+    t.equal(await rollback(db.url), '0001_utc_tiers_notify')
+    t.same(await statusLines(db.url), ['0000_init: applied', '0001_utc_tiers_notify: pending'])
+    const dump = await schemaDump(db.url)
+    t.same(dump.settings, [], 'timezone setting reset')
+    t.same(dump.triggers, [], 'triggers dropped')
+    t.same(dump.functions, [], 'notify function dropped')
+    t.same(dump.tiers, [], 'seeded tiers removed')
+    t.same(dump.columns, full.columns, 'tables of 0000 untouched')
+  })
+
+  t.test('npm run db:status reports the partial state', async (t) => {
+    const [file, args] = withoutTapHooks('npm', ['run', '-s', 'db:status'])
+    const { stdout } = await run(file, args, {
+      cwd: REPO_ROOT,
+      env: cleanEnv({ DATABASE_URL: db.url }),
+      encoding: 'utf8',
+    })
+    t.same(stdout.trim().split('\n'), [
+      'applied  0000_init',
+      'pending  0001_utc_tiers_notify',
+      'current: 0000_init; 1 pending',
+    ])
+  })
+
+  t.test('second rollback reverts 0000; a third has nothing to do', async (t) => {
+    t.equal(await rollback(db.url), '0000_init')
+    t.same(await statusLines(db.url), TAGS.map((tag) => `${tag}: pending`))
+    const dump = await schemaDump(db.url)
+    t.same(dump.columns, [], 'no tables left')
+    t.same(dump.constraints, [])
+    t.same(dump.indexes, [])
+    t.equal(await rollback(db.url), null)
+  })
+
+  t.test('migrate again gives the identical schema', async (t) => {
+    t.same(await migrate(db.url), TAGS)
+    t.same(await statusLines(db.url), TAGS.map((tag) => `${tag}: applied`))
+    t.same(await schemaDump(db.url), full)
+  })
+})
+
+t.test('createTestDatabase gives a migrated database and drops it', async (t) => {
+  const db = await createTestDatabase()
+  t.match(db.name, /^quota_test_\d+_[0-9a-f]{8}$/)
+  const tiers = await db.pool.query('SELECT count(*)::int AS n FROM usage_limits')
+  t.equal(tiers.rows[0].n, 3)
+  await db.drop()
+  await db.drop() // twice is fine
+  const left = await withClient(BASE_URL, (c) => c.query('SELECT 1 FROM pg_database WHERE datname = $1', [db.name]))
+  t.equal(left.rowCount, 0, 'dropped')
+})
