@@ -119,6 +119,9 @@ export function devSecret(cwd: string = process.cwd()): string {
 function jwtConfig(env: Env, production: boolean, cwd: string): JwtConfig {
   const secret = env.JWT_SECRET
   const publicKey = env.JWT_PUBLIC_KEY
+  if (publicKey !== undefined && publicKey !== '' && secret !== undefined && secret !== '') {
+    throw new ConfigError('JWT_PUBLIC_KEY', 'set either JWT_PUBLIC_KEY (RS256/ES256) or JWT_SECRET (HS256), not both')
+  }
   if (publicKey !== undefined && publicKey !== '') {
     if (!publicKey.includes('-----BEGIN')) {
       throw new ConfigError('JWT_PUBLIC_KEY', 'must be a PEM public key (-----BEGIN PUBLIC KEY----- ...)')
@@ -160,13 +163,12 @@ export function loadConfig(env: Env = process.env, options: LoadConfigOptions = 
   if (/[{}\s]/.test(redisKeyPrefix)) {
     throw new ConfigError('REDIS_KEY_PREFIX', 'must not contain braces or spaces (they would break hash tags)')
   }
-  return {
+  const config = {
     port: int(env, 'PORT', 8000, 0, 65535),
     host: str(env, 'HOST', '127.0.0.1'),
     redisUrl: url(env, 'REDIS_URL', 'redis://127.0.0.1:6379', ['redis:', 'rediss:']),
     redisKeyPrefix,
     databaseUrl: url(env, 'DATABASE_URL', 'postgres://postgres@127.0.0.1:5432/quota', ['postgres:', 'postgresql:']),
-    jwt: jwtConfig(env, production, options.cwd ?? process.cwd()),
     usageFailMode: oneOf(env, 'USAGE_FAIL_MODE', 'closed', ['open', 'closed'] as const),
     redisCommandTimeoutMs: int(env, 'REDIS_COMMAND_TIMEOUT_MS', 250, 1, 60_000),
     flushIntervalMs: int(env, 'FLUSH_INTERVAL_MS', 1000, 10, 3_600_000),
@@ -175,6 +177,8 @@ export function loadConfig(env: Env = process.env, options: LoadConfigOptions = 
     logLevel: oneOf(env, 'LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const),
     production,
   }
+  // Last: only a configuration that is otherwise valid may create the dev secret file.
+  return { ...config, jwt: jwtConfig(env, production, options.cwd ?? process.cwd()) }
 }
 
 /** The config as it may be logged: URLs without passwords, no secrets. */

@@ -130,6 +130,8 @@ export function decimalTextToMicro(text: string): number {
   const fracDigits = frac.replace(/0+$/, '')
   if (fracDigits.length > MAX_DECIMALS) throw new Error(`more than ${MAX_DECIMALS} decimals: ${text}`)
   const micro = Number(whole) * SCALE + Number(fracDigits.padEnd(MAX_DECIMALS, '0') || '0')
+  // Beyond 2^53 micro-units (~9e9 units) doubles are no longer exact: refuse rather than round.
+  if (!Number.isSafeInteger(micro)) throw new Error(`too large to be exact: ${text}`)
   return sign === '-' ? -micro : micro
 }
 
