@@ -18,6 +18,13 @@ export interface RedisClientOptions {
   logger?: Pick<Logger, 'warn' | 'info'>
   /** Name shown by CLIENT LIST. */
   connectionName?: string
+  /**
+   * Send the commands of one event-loop tick as one pipeline (ioredis enableAutoPipelining).
+   * Off by default: measured slower here, because ioredis tracks "script already sent" per
+   * socket and a pipeline counts as a new one, so scripts go out as full EVAL bodies.
+   * @default false
+   */
+  autoPipelining?: boolean
 }
 
 export function createRedisClient(options: RedisClientOptions): Redis {
@@ -31,6 +38,7 @@ export function createRedisClient(options: RedisClientOptions): Redis {
     // Reconnect quickly and forever: decisions resume by themselves when Redis returns.
     retryStrategy: (times) => Math.min(50 * times, 1000),
     connectionName: options.connectionName ?? 'quota',
+    enableAutoPipelining: options.autoPipelining ?? false,
   })
   let down = false
   redis.on('error', (err: Error) => {

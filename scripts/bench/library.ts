@@ -1,0 +1,111 @@
+/**
+ * Library benchmark: decisions per second from one Node process with `inFlight` calls outstanding,
+ * quota's `usage.consume` against rate-limiter-flexible's `RateLimiterRedis.consume`, in
+ * interleaved rounds; plus the Node CPU µs and Redis CPU µs each decision costs.
+ */
+import { Redis } from 'ioredis'
+import { RateLimiterRedis } from 'rate-limiter-flexible'
+import { systemClock } from '../../src/clock.ts'
+import { ServerClock, connectRedis, createRedisClient } from '../../src/counters/redis-client.ts'
+import { RedisCounterStore } from '../../src/counters/redis-store.ts'
+import { createPool } from '../../src/db/client.ts'
+import { loadSeedState } from '../../src/db/daily-usage.ts'
+import { LimitsCache } from '../../src/limits/limits-cache.ts'
+import { UsageService } from '../../src/usage/service.ts'
+import { percentile, redisCounters } from './env.ts'
+import type { BenchEnv } from './env.ts'
+
+export interface LibraryOptions {
+  rounds: number
+  durationS: number
+  inFlight: number
+  /** ioredis enableAutoPipelining for quota's decision client. */
+  autoPipelining?: boolean
+}
+
+export interface LibraryRound {
+  variant: string
+  round: number
+  decisionsPerS: number
+  nodeCpuUsPerDecision: number
+  redisCpuUsPerDecision: number
+  redisCmdsPerDecision: number
+}
+
+async function drive(op: (i: number) => Promise<unknown>, inFlight: number, durationS: number): Promise<number> {
+  const end = performance.now() + durationS * 1000
+  let done = 0
+  const worker = async (w: number): Promise<void> => {
+    for (let i = w; performance.now() < end; i += inFlight) {
+      await op(i)
+      done++
+    }
+  }
+  await Promise.all(Array.from({ length: inFlight }, (_, w) => worker(w)))
+  return done
+}
+
+export async function runLibrary(env: BenchEnv, options: LibraryOptions) {
+  const pool = createPool(env.db.url)
+  const redis = createRedisClient({
+    url: env.redis.url, commandTimeoutMs: 5000, connectionName: 'bench-quota', autoPipelining: options.autoPipelining ?? false,
+  })
+  await connectRedis(redis, env.redis.url)
+  const store = new RedisCounterStore(redis, { prefix: env.prefix, loader: (u, d) => loadSeedState(pool, u, d) })
+  const limits = new LimitsCache({ pool, databaseUrl: env.db.url })
+  await limits.start()
+  const serverClock = new ServerClock(redis)
+  await serverClock.sync()
+  const usage = new UsageService({ store, limits, clock: systemClock, failMode: 'closed', commandTimeoutMs: 5000, serverClock, pool })
+  const peerRedis = new Redis(env.redis.url)
+  const rlf = new RateLimiterRedis({ storeClient: peerRedis, keyPrefix: `${env.prefix}rlf`, points: 2_000_000_000, duration: 86_400 })
+  const stats = new Redis(env.redis.url)
+  const users = env.users
+  const variants = [
+    { name: 'quota usage.consume', op: (i: number) => usage.consume(users[i % users.length] as string, { api_calls: 1 }) },
+    { name: 'rate-limiter-flexible', op: (i: number) => rlf.consume(users[i % users.length] as string, 1) },
+  ]
+  const rounds: LibraryRound[] = []
+  try {
+    for (const v of variants) await drive(v.op, 100, 0.5) // warm-up: JIT, scripts, tier cache
+    for (let round = 1; round <= options.rounds; round++) {
+      for (const v of variants) {
+        const cpu0 = process.cpuUsage()
+        const r0 = await redisCounters(stats)
+        const t0 = performance.now()
+        const n = await drive(v.op, options.inFlight, options.durationS)
+        const seconds = (performance.now() - t0) / 1000
+        const cpu = process.cpuUsage(cpu0)
+        const r1 = await redisCounters(stats)
+        rounds.push({
+          variant: v.name,
+          round,
+          decisionsPerS: n / seconds,
+          nodeCpuUsPerDecision: (cpu.user + cpu.system) / n,
+          redisCpuUsPerDecision: ((r1.cpu - r0.cpu) * 1e6) / n,
+          redisCmdsPerDecision: (r1.calls - r0.calls - 2) / n,
+        })
+      }
+    }
+  } finally {
+    await limits.stop()
+    redis.disconnect()
+    peerRedis.disconnect()
+    stats.disconnect()
+    await pool.end()
+  }
+  const median = (xs: number[]): number => percentile([...xs].sort((a, b) => a - b), 50)
+  const summary = variants.map((v) => {
+    const rs = rounds.filter((r) => r.variant === v.name)
+    return {
+      variant: v.name,
+      decisionsPerS: median(rs.map((r) => r.decisionsPerS)),
+      nodeCpuUsPerDecision: median(rs.map((r) => r.nodeCpuUsPerDecision)),
+      redisCpuUsPerDecision: median(rs.map((r) => r.redisCpuUsPerDecision)),
+      redisCmdsPerDecision: median(rs.map((r) => r.redisCmdsPerDecision)),
+    }
+  })
+  const quota = summary[0]
+  const peer = summary[1]
+  return { rounds, summary, ratio: quota && peer ? quota.decisionsPerS / peer.decisionsPerS : Number.NaN }
+}
