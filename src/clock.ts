@@ -28,9 +28,18 @@ export class ManualClock implements Clock {
   }
 }
 
+// Decisions ask for the day of "now" millions of times a day; the answer changes once a day.
+let cachedDayStart = Number.NaN
+let cachedDay = ''
+
 /** The UTC day of `ms` as `YYYY-MM-DD`. */
 export function utcDay(ms: number): string {
-  return new Date(ms).toISOString().slice(0, 10)
+  const start = Math.floor(ms / 86_400_000) * 86_400_000
+  if (start !== cachedDayStart) {
+    cachedDay = new Date(start).toISOString().slice(0, 10)
+    cachedDayStart = start
+  }
+  return cachedDay
 }
 
 /** Start of the UTC day containing `ms`. */

@@ -114,6 +114,11 @@ export class LimitsCache {
     return user.tier
   }
 
+  /** The cached tier of a user, without touching Postgres (undefined on a miss). */
+  cachedUserTier(userId: string): string | undefined {
+    return this.#users.get(userId)
+  }
+
   /** Caches a tier already known (e.g. just read or written by the auth layer). */
   rememberUserTier(userId: string, tier: string): void {
     this.#users.set(userId, tier)

@@ -254,7 +254,9 @@ export class UsageService {
         items,
         idempotencyKey,
         context: tier,
-        fingerprint: `${mode}|${prepared.metrics.map((m, i) => `${m}=${prepared.micro[i]}`).join(';')}`,
+        fingerprint: idempotencyKey === undefined
+          ? undefined
+          : `${mode}|${prepared.metrics.map((m, i) => `${m}=${prepared.micro[i]}`).join(';')}`,
         deadline: this.#deadline(),
       })
     } catch (err) {
@@ -295,6 +297,8 @@ export class UsageService {
   }
 
   async #tier(userId: string): Promise<string> {
+    const cached = this.#o.limits.cachedUserTier(userId)
+    if (cached !== undefined) return cached
     try {
       return await this.#o.limits.userTier(userId)
     } catch (err) {
