@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs'
 import { ReplyError } from 'ioredis'
 import type { ChainableCommander, Redis, Result } from 'ioredis'
-import { DAY_MS, dayStart } from '../clock.ts'
+import { DAY_MS } from '../clock.ts'
 import { BUCKETS, KeySpace, bucketOf, dirtyMember, parseDirtyMember } from './keys.ts'
 
 export type Field = 'd' | 'a' | 'c' | 's'
@@ -35,6 +35,15 @@ export const IDEMPOTENCY_TTL_S = 86_400
 const DAY_KEY_LIFETIME_MS = 3 * DAY_MS
 const MAX_LOAD_ATTEMPTS = 3
 
+function dayStartOf(day: string): number {
+  return Date.parse(`${day}T00:00:00Z`)
+}
+
+/** Seconds a new day hash lives, from `now` on the caller's clock; at least one minute. */
+function dayKeyTtlSeconds(day: string, now: number): number {
+  return Math.max(60, Math.ceil((dayStartOf(day) + DAY_KEY_LIFETIME_MS - now) / 1000))
+}
+
 export interface ApplyItem {
   field: Field
   /** Micro-units, > 0. */
@@ -56,8 +65,11 @@ export interface ApplyRequest {
   context?: string
   /** Identifies the request's parameters, to refuse a key reused for another request. */
   fingerprint?: string
-  /** Redis-server time (ms) after which the script must not apply anything. */
-  deadline?: number
+  /**
+   * Gives the Redis-server time (ms) after which the script must not apply anything. Called right
+   * before each send, so a rebuild from Postgres in between does not eat the budget.
+   */
+  deadline?: () => number
 }
 
 export interface ApplyResult {
@@ -125,6 +137,7 @@ export interface RedisCounterStoreOptions {
 export class RedisCounterStore {
   readonly keys: KeySpace
   readonly #loader: StateLoader | undefined
+  readonly #seeding = new Map<string, Promise<void>>()
 
   constructor(
     readonly redis: Redis,
@@ -146,13 +159,12 @@ export class RedisCounterStore {
       this.keys.epoch(bucket),
     ]
     if (req.idempotencyKey !== undefined) keys.push(this.keys.idempotency(req.userId, req.idempotencyKey, bucket))
-    const start = dayStart(req.now)
     const args: (string | number)[] = [
       req.mode,
-      req.deadline ?? 0,
+      0, // deadline, set per attempt below
       req.now,
-      start,
-      Math.floor((start + DAY_KEY_LIFETIME_MS) / 1000),
+      dayStartOf(req.day),
+      dayKeyTtlSeconds(req.day, req.now),
       dirtyMember(req.userId, req.day),
       IDEMPOTENCY_TTL_S,
       req.context ?? '',
@@ -163,6 +175,7 @@ export class RedisCounterStore {
 
     for (let attempt = 1; ; attempt++) {
       let reply: (number | string)[]
+      args[1] = req.deadline ? req.deadline() : 0
       try {
         reply = await this.redis.quotaApply(keys.length, ...keys, ...args)
       } catch (err) {
@@ -199,20 +212,31 @@ export class RedisCounterStore {
     }
   }
 
-  /** Rebuilds a user's state from Postgres (only after Redis lost it). */
-  async #seed(userId: string, day: string, now: number): Promise<void> {
+  /**
+   * Rebuilds a user's state from Postgres (only after Redis lost it). Concurrent callers for the
+   * same user-day share one Postgres read and one seed.
+   */
+  #seed(userId: string, day: string, now: number): Promise<void> {
+    const key = `${userId}:${day}`
+    const pending = this.#seeding.get(key)
+    if (pending) return pending
+    const run = this.#seedOnce(userId, day, now).finally(() => this.#seeding.delete(key))
+    this.#seeding.set(key, run)
+    return run
+  }
+
+  async #seedOnce(userId: string, day: string, now: number): Promise<void> {
     const state: SeedState = this.#loader
       ? await this.#loader(userId, day)
       : { d: 0, a: 0, c: 0, s: 0, version: 0, gauge: 0 }
     const bucket = bucketOf(userId)
-    const start = Date.parse(`${day}T00:00:00Z`)
     try {
       await this.redis.quotaSeed(
         this.keys.day(userId, day, bucket),
         this.keys.gauge(userId, bucket),
         this.keys.epoch(bucket),
         state.d, state.a, state.c, state.s, state.version, state.gauge,
-        Math.floor((start + DAY_KEY_LIFETIME_MS) / 1000),
+        dayKeyTtlSeconds(day, now),
         now,
       )
     } catch (err) {
@@ -223,7 +247,6 @@ export class RedisCounterStore {
   /** Zeroes `fields` of a user's day (admin reset). */
   async reset(userId: string, day: string, now: number, fields: Field[]): Promise<void> {
     const bucket = bucketOf(userId)
-    const start = Date.parse(`${day}T00:00:00Z`)
     for (let attempt = 1; ; attempt++) {
       let status: number
       try {
@@ -233,8 +256,8 @@ export class RedisCounterStore {
           this.keys.dirty(bucket),
           this.keys.epoch(bucket),
           now,
-          start,
-          Math.floor((start + DAY_KEY_LIFETIME_MS) / 1000),
+          dayStartOf(day),
+          dayKeyTtlSeconds(day, now),
           dirtyMember(userId, day),
           ...fields,
         )

@@ -45,8 +45,10 @@ export const dailyUsage = pgTable(
   {
     userId: uuid('user_id').notNull(),
     date: date('date', { mode: 'string' }).notNull(),
-    deploymentsCreated: integer('deployments_created').notNull().default(0),
-    apiCalls: integer('api_calls').notNull().default(0),
+    // bigint, not int: an unlimited (enterprise) user can pass 2^31 calls in a day, and one row that
+    // cannot be written must never hold back the flush. Still an integer type for the spec's SQL.
+    deploymentsCreated: bigint('deployments_created', { mode: 'number' }).notNull().default(0),
+    apiCalls: bigint('api_calls', { mode: 'number' }).notNull().default(0),
     computeHours: numeric('compute_hours').notNull().default('0'),
     storageGb: numeric('storage_gb').notNull().default('0'),
     updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),

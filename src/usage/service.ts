@@ -84,8 +84,14 @@ interface Prepared {
 export class UsageService {
   readonly #o: UsageServiceOptions
 
+  /** Deadline of one Redis call, in Redis time: now + REDIS_COMMAND_TIMEOUT_MS (made once). */
+  readonly #deadlineFn: (() => number) | undefined
+
   constructor(options: UsageServiceOptions) {
     this.#o = options
+    const sc = options.serverClock
+    const timeout = options.commandTimeoutMs
+    this.#deadlineFn = sc ? () => sc.toServer(Date.now()) + timeout : undefined
   }
 
   get clock(): Clock {
@@ -274,9 +280,8 @@ export class UsageService {
     return err instanceof Error ? err : new Error(String(err))
   }
 
-  #deadline(): number | undefined {
-    const sc = this.#o.serverClock
-    return sc ? sc.toServer(Date.now()) + this.#o.commandTimeoutMs : undefined
+  #deadline(): (() => number) | undefined {
+    return this.#deadlineFn
   }
 
   /** Validates metrics and amounts; returns them in registry order (the order denials are named in). */

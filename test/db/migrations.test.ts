@@ -14,7 +14,7 @@ import { cleanEnv, withoutTapHooks } from '../helpers/net.ts'
 import { REPO_ROOT } from '../helpers/service-process.ts'
 
 const run = promisify(execFile)
-const TAGS = ['0000_init', '0001_utc_tiers_notify']
+const TAGS = ['0000_init', '0001_utc_tiers_notify', '0002_widen_daily_counts']
 
 /** Runs `fn` on a fresh plain connection (no session options): what an operator's psql sees. */
 async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
@@ -73,14 +73,14 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
     t.same(empty.settings, [], 'no database-level settings yet')
   })
 
-  t.test('migrate applies both, then nothing', async (t) => {
+  t.test('migrate applies every migration, then nothing', async (t) => {
     t.same(await migrate(db.url), TAGS, 'applies every migration in order')
     t.same(await statusLines(db.url), TAGS.map((tag) => `${tag}: applied`))
     full = await schemaDump(db.url)
     t.same(await migrate(db.url), [], 'second run applies nothing')
     t.same(await schemaDump(db.url), full, 'and changes nothing')
     const recorded = await db.pool.query('SELECT count(*)::int AS n FROM drizzle.__drizzle_migrations')
-    t.equal(recorded.rows[0].n, 2, 'each migration recorded once')
+    t.equal(recorded.rows[0].n, TAGS.length, 'each migration recorded once')
   })
 
   t.test('the contract tables and columns exist (DESIGN.md 1.7)', async (t) => {
@@ -98,8 +98,8 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
       'usage_limits.max_storage_gb numeric',
       'daily_usage.user_id uuid not null',
       'daily_usage.date date not null',
-      'daily_usage.deployments_created integer not null',
-      'daily_usage.api_calls integer not null',
+      'daily_usage.deployments_created bigint not null',
+      'daily_usage.api_calls bigint not null',
       'daily_usage.compute_hours numeric not null',
       'daily_usage.storage_gb numeric not null',
       'daily_usage.updated_at timestamp with time zone not null',
@@ -149,15 +149,28 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
     t.ok(seen.today === before || seen.today === after, `CURRENT_DATE ${seen.today} is the UTC day ${after}`)
   })
 
-  t.test('first rollback reverts 0001 only', async (t) => {
+  let before0001: Awaited<ReturnType<typeof schemaDump>> | undefined
+  t.test('first rollback reverts 0002 only: the daily counts are int again', async (t) => {
+    t.equal(await rollback(db.url), '0002_widen_daily_counts')
+    t.same(await statusLines(db.url), ['0000_init: applied', '0001_utc_tiers_notify: applied', '0002_widen_daily_counts: pending'])
+    const types = await db.pool.query(
+      `SELECT column_name, data_type FROM information_schema.columns
+        WHERE table_name = 'daily_usage' AND column_name IN ('deployments_created', 'api_calls') ORDER BY column_name`,
+    )
+    t.same(types.rows, [{ column_name: 'api_calls', data_type: 'integer' }, { column_name: 'deployments_created', data_type: 'integer' }])
+    before0001 = await schemaDump(db.url)
+    t.same(before0001.tiers, full.tiers, 'tiers untouched')
+  })
+
+  t.test('second rollback reverts 0001 only', async (t) => {
     t.equal(await rollback(db.url), '0001_utc_tiers_notify')
-    t.same(await statusLines(db.url), ['0000_init: applied', '0001_utc_tiers_notify: pending'])
+    t.same(await statusLines(db.url), ['0000_init: applied', '0001_utc_tiers_notify: pending', '0002_widen_daily_counts: pending'])
     const dump = await schemaDump(db.url)
     t.same(dump.settings, [], 'timezone setting reset')
     t.same(dump.triggers, [], 'triggers dropped')
     t.same(dump.functions, [], 'notify function dropped')
     t.same(dump.tiers, [], 'seeded tiers removed')
-    t.same(dump.columns, full.columns, 'tables of 0000 untouched')
+    t.same(dump.columns, before0001?.columns, 'tables of 0000 untouched')
   })
 
   t.test('npm run db:status reports the partial state', async (t) => {
@@ -170,11 +183,12 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
     t.same(stdout.trim().split('\n'), [
       'applied  0000_init',
       'pending  0001_utc_tiers_notify',
-      'current: 0000_init; 1 pending',
+      'pending  0002_widen_daily_counts',
+      'current: 0000_init; 2 pending',
     ])
   })
 
-  t.test('second rollback reverts 0000; a third has nothing to do', async (t) => {
+  t.test('third rollback reverts 0000; a fourth has nothing to do', async (t) => {
     t.equal(await rollback(db.url), '0000_init')
     t.same(await statusLines(db.url), TAGS.map((tag) => `${tag}: pending`))
     const dump = await schemaDump(db.url)

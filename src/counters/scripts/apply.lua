@@ -12,7 +12,8 @@ ARGV[2]  deadline in Redis-server ms (0 = none): past it nothing is applied, bec
          already given up (timed out) and answered without this decision
 ARGV[3]  now, ms (dirty score)
 ARGV[4]  start of the day, ms
-ARGV[5]  expire-at of the day hash, epoch seconds
+ARGV[5]  lifetime of a new day hash, seconds (until 2 days after the day ends,
+         measured on the caller's clock, so an injected clock keeps keys alive)
 ARGV[6]  dirty member "<user>:<day>"
 ARGV[7]  idempotency TTL, seconds
 ARGV[8]  context: opaque word stored with an idempotent result (the tier)
@@ -112,7 +113,7 @@ if status == 1 and mode ~= 'check' then
   end
   redis.call('HINCRBY', day_key, 'v', 1)
   redis.call('HSET', day_key, unpack(hset))
-  if not exists then redis.call('EXPIREAT', day_key, ARGV[5]) end
+  if not exists then redis.call('EXPIRE', day_key, ARGV[5]) end
   redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[6])
 end
 

@@ -8,7 +8,8 @@ KEYS[4]  epoch       <p>{b}:epoch
 
 ARGV[1]  now, ms
 ARGV[2]  start of the day, ms
-ARGV[3]  expire-at of the day hash, epoch seconds
+ARGV[3]  lifetime of a new day hash, seconds (until 2 days after the day ends,
+         measured on the caller's clock, so an injected clock keeps keys alive)
 ARGV[4]  dirty member "<user>:<day>"
 ARGV[5..] fields to zero (d a c s; s also zeroes the gauge)
 
@@ -36,6 +37,6 @@ if not exists then
 end
 redis.call('HINCRBY', KEYS[1], 'v', 1)
 redis.call('HSET', KEYS[1], unpack(hset))
-if not exists then redis.call('EXPIREAT', KEYS[1], ARGV[3]) end
+if not exists then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 redis.call('ZADD', KEYS[3], 'NX', ARGV[1], ARGV[4])
 return 1

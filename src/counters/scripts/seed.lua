@@ -10,7 +10,8 @@ KEYS[3]  epoch       <p>{b}:epoch
 ARGV[1..4]  d a c s for the day (micro-units, from daily_usage)
 ARGV[5]     version of that daily_usage row
 ARGV[6]     the storage gauge (micro-units, latest daily_usage.storage_gb)
-ARGV[7]     expire-at of the day hash, epoch seconds
+ARGV[7]     lifetime of a new day hash, seconds (until 2 days after the day ends,
+         measured on the caller's clock, so an injected clock keeps keys alive)
 ARGV[8]     now, ms
 
 Returns 1.
@@ -21,7 +22,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'd', ARGV[1], 'a', ARGV[2], 'c', ARGV[3], 's', ARGV[4], 'v', ARGV[5])
-  redis.call('EXPIREAT', KEYS[1], ARGV[7])
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
 end
 -- From now on a missing day hash in this bucket is a fresh day only for days starting later.
 redis.call('SET', KEYS[3], ARGV[8], 'NX')

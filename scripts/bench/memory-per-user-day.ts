@@ -1,0 +1,96 @@
+/**
+ * Redis memory per active user-day: creates N user-days (default 100k) on a throwaway
+ * redis-server through RedisCounterStore.apply (a consume of the 3 daily metrics + storage, so each
+ * user-day has its day hash, its gauge key and a dirty-set member), and compares INFO memory
+ * used_memory before and after. Also prints MEMORY USAGE of one day hash, one gauge and the dirty
+ * sets, and the memory once the dirty sets are drained (what a flushed steady state keeps).
+ *
+ *   node --import tsx scripts/bench/memory-per-user-day.ts [--users 100000] [--concurrency 500]
+ */
+import { randomUUID } from 'node:crypto'
+import { parseArgs } from 'node:util'
+import { Redis } from 'ioredis'
+import { utcDay } from '../../src/clock.ts'
+import { BUCKETS } from '../../src/counters/keys.ts'
+import { RedisCounterStore } from '../../src/counters/redis-store.ts'
+import { startRedisServer } from '../../test/helpers/redis-server.ts'
+
+const { values } = parseArgs({
+  options: {
+    users: { type: 'string', default: '100000' },
+    concurrency: { type: 'string', default: '500' },
+  },
+})
+const count = Number(values.users)
+const concurrency = Number(values.concurrency)
+
+const teardowns: (() => unknown)[] = []
+const server = await startRedisServer({ teardown: (fn) => void teardowns.push(fn) })
+const redis = new Redis(server.url, { commandTimeout: 30_000 })
+try {
+  // No loader: a user-day lost from Redis would start at 0 (fine here: nothing is lost).
+  const store = new RedisCounterStore(redis, { prefix: 'quota:' })
+  const usedMemory = async (): Promise<number> => Number(/used_memory:(\d+)/.exec(await redis.info('memory'))?.[1])
+  const now = Date.now()
+  const day = utcDay(now)
+  const consume = (userId: string) => store.apply({
+    mode: 'consume', userId, day, now,
+    items: [
+      { field: 'd', amount: 1_000_000, limit: 50_000_000 },
+      { field: 'a', amount: 17_000_000, limit: 50_000_000_000 },
+      { field: 'c', amount: 1_250_000, limit: 100_000_000 },
+      { field: 's', amount: 2_500_000, limit: 100_000_000 },
+    ],
+  })
+
+  // The 64 per-bucket epoch keys and the scripts are a fixed cost, not per user: create them first.
+  const warm = Array.from({ length: 2000 }, () => randomUUID())
+  await Promise.all(warm.map(consume))
+  await redis.del(...warm.flatMap((u) => [store.keys.day(u, day), store.keys.gauge(u)]))
+  for (let b = 0; b < BUCKETS; b++) await redis.zremrangebyrank(store.keys.dirty(b), 0, -1)
+
+  const before = await usedMemory()
+  const users = Array.from({ length: count }, () => randomUUID())
+  const started = Date.now()
+  for (let i = 0; i < users.length; i += concurrency) {
+    await Promise.all(users.slice(i, i + concurrency).map(consume))
+  }
+  const seconds = (Date.now() - started) / 1000
+  const after = await usedMemory()
+
+  const sample = users[0] ?? ''
+  const dayHash = Number(await redis.memory('USAGE', store.keys.day(sample, day), 'SAMPLES', '0'))
+  const gauge = Number(await redis.memory('USAGE', store.keys.gauge(sample), 'SAMPLES', '0'))
+  let dirtyBytes = 0
+  let dirtyMembers = 0
+  for (let b = 0; b < BUCKETS; b++) {
+    dirtyBytes += Number(await redis.memory('USAGE', store.keys.dirty(b), 'SAMPLES', '0'))
+    dirtyMembers += await redis.zcard(store.keys.dirty(b))
+  }
+  const encoding = await redis.object('ENCODING', store.keys.day(sample, day))
+  // Drained dirty sets: what the flusher leaves once everything is in Postgres.
+  for (let b = 0; b < BUCKETS; b++) await redis.del(store.keys.dirty(b))
+  const drained = await usedMemory()
+
+  console.log(JSON.stringify({
+    user_days: count,
+    created_in_seconds: Number(seconds.toFixed(1)),
+    used_memory_before: before,
+    used_memory_after: after,
+    bytes_per_user_day: Math.round((after - before) / count),
+    bytes_per_user_day_dirty_sets_drained: Math.round((drained - before) / count),
+    memory_usage: {
+      day_hash: dayHash,
+      day_hash_encoding: encoding,
+      day_hash_fields: await redis.hgetall(store.keys.day(sample, day)),
+      gauge_key: gauge,
+      dirty_sets_total: dirtyBytes,
+      dirty_members: dirtyMembers,
+      dirty_bytes_per_member: Math.round(dirtyBytes / Math.max(1, dirtyMembers)),
+    },
+    keys: await redis.dbsize(),
+  }, null, 2))
+} finally {
+  redis.disconnect()
+  for (const fn of teardowns.reverse()) await fn()
+}
