@@ -224,7 +224,15 @@ export class UsageService {
       return { allowed: true, reason: null, deniedMetric: null, tier, day, metrics, resetsAt: this.#earliestReset(prepared.metrics, now), replayed: false, degraded: true }
     }
     if (result.outcome === 'conflict') throw new IdempotencyConflictError()
-    const answerTier = result.replayed && result.context ? result.context : tier
+    // A replay answers as the first call did: its tier and its day (stored as "<day> <tier>").
+    let answerTier = tier
+    let answerDay = day
+    if (result.replayed && result.context) {
+      const space = result.context.indexOf(' ')
+      answerDay = result.context.slice(0, space)
+      answerTier = result.context.slice(space + 1)
+    }
+    const answerNow = answerDay === day ? now : Date.parse(`${answerDay}T12:00:00Z`)
     const metrics: Partial<Record<MetricName, ConsumedMetric>> = {}
     prepared.metrics.forEach((m, i) => {
       metrics[m] = { ...state(m, result.current[i] ?? 0, result.limits[i] ?? null), amount: fromMicro(prepared.micro[i] ?? 0) }
@@ -235,9 +243,9 @@ export class UsageService {
       reason: deniedMetric ? denialReason(deniedMetric) : null,
       deniedMetric,
       tier: answerTier,
-      day,
+      day: answerDay,
       metrics,
-      resetsAt: this.#earliestReset(prepared.metrics, now),
+      resetsAt: this.#earliestReset(prepared.metrics, answerNow),
       replayed: result.replayed,
     }
   }
@@ -249,7 +257,8 @@ export class UsageService {
     const items: ApplyItem[] = prepared.metrics.map((m, i) => ({
       field: METRICS[m].field,
       amount: prepared.micro[i] ?? 0,
-      limit: mode === 'increment' ? null : limits[m],
+      // The script compares only for check/consume; increment carries the limit for the answer.
+      limit: limits[m],
     }))
     try {
       return await this.#o.store.apply({
@@ -259,7 +268,7 @@ export class UsageService {
         now,
         items,
         idempotencyKey,
-        context: tier,
+        context: `${utcDay(now)} ${tier}`,
         fingerprint: idempotencyKey === undefined
           ? undefined
           : `${mode}|${prepared.metrics.map((m, i) => `${m}=${prepared.micro[i]}`).join(';')}`,
