@@ -10,6 +10,7 @@ import Fastify from 'fastify'
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { Redis } from 'ioredis'
 import type { LoggerOptions } from 'pino'
+import { loggerOptions } from './logger.ts'
 import { systemClock } from './clock.ts'
 import type { Clock } from './clock.ts'
 import type { Config } from './config.ts'
@@ -25,6 +26,9 @@ import type { QuotaPluginOptions } from './http/plugin.ts'
 import adminRoutes from './http/routes/admin.ts'
 import deployRoutes from './http/routes/deploy.ts'
 import usageRoutes from './http/routes/usage.ts'
+
+/** Re-exported: the pino options used to live here. */
+export { loggerOptions }
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -51,17 +55,6 @@ export interface BuildAppOptions {
   pool?: Pool
   /** Overrides of the quota plugin's options (tests: no scheduler, a shorter flush interval...). */
   quota?: Partial<Omit<QuotaPluginOptions, 'redis' | 'database'>>
-}
-
-/** The pino options of the service: level from config, credentials never logged. */
-export function loggerOptions(config: Config): LoggerOptions {
-  return {
-    level: config.logLevel,
-    redact: {
-      paths: ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization'],
-      censor: '[redacted]',
-    },
-  }
 }
 
 function isLoggerInstance(value: unknown): value is FastifyBaseLogger {

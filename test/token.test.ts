@@ -10,8 +10,8 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { createVerifier } from 'fast-jwt'
-import { buildApp } from '../src/app.ts'
 import { DEV_SECRET_FILE, loadConfig } from '../src/config.ts'
+import { buildTestApp } from './helpers/app.ts'
 
 const SCRIPT = fileURLToPath(new URL('../scripts/token.ts', import.meta.url))
 // Absolute, so the script also runs from a directory without node_modules (the dev-secret case).
@@ -44,10 +44,16 @@ t.test('prints one token that verifies with JWT_SECRET, carrying sub, role, user
   t.equal(Number(claims.exp) - Number(claims.iat), 900)
   t.throws(() => createVerifier({ key: 'y'.repeat(32) })(out.stdout.trim()), 'another secret refuses it')
 
-  // The service's own verifier (algorithms, required exp) accepts it.
-  const app = await buildApp({ config: loadConfig({ JWT_SECRET: secret, LOG_LEVEL: 'silent' }), logger: false })
-  t.teardown(() => app.close())
-  t.match(app.jwt.verify(out.stdout.trim()), { sub, role: 'admin' })
+  // The service accepts it: through its own verifier (algorithms, required exp) and provisioning.
+  const { app } = await buildTestApp(t, {
+    env: { JWT_SECRET: secret },
+    routes: (app) => {
+      app.get('/test/me', { preHandler: app.requireAdmin }, async (request) => request.user)
+    },
+  })
+  const res = await app.inject({ url: '/test/me', headers: { authorization: `Bearer ${out.stdout.trim()}` } })
+  t.equal(res.statusCode, 200)
+  t.same(res.json(), { id: sub, username: 'ops', admin: true })
 })
 
 t.test('without JWT_SECRET it signs with the dev secret file the service reads', async (t) => {

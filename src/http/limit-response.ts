@@ -21,9 +21,12 @@ function limited(result: ConsumeResult): [MetricName, ConsumedMetric & { limit: 
  * RateLimit-Limit / -Remaining / -Reset (the widely used trio, for the denied metric or else the
  * one closest to its limit) and the current draft's structured RateLimit-Policy / RateLimit
  * fields, one named policy per limited metric. Unlimited metrics get no policy. Values are
- * integers (the fields require it): remaining is rounded down, a limit up.
+ * integers (the fields require it): remaining is rounded down, a limit up. A degraded answer
+ * (given without Redis) has none.
  */
 export function rateLimitHeaders(result: ConsumeResult, now: number): Record<string, string> {
+  // Admitted without Redis (USAGE_FAIL_MODE=open): the usage is unknown, so no numbers are claimed.
+  if (result.degraded) return {}
   const entries = limited(result)
   if (entries.length === 0) return {}
   const reset = secondsToMidnight(now)

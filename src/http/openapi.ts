@@ -7,8 +7,34 @@ import swaggerUi from '@fastify/swagger-ui'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 
+declare module 'fastify' {
+  interface FastifySchema {
+    /** The route accepts a request without any body (documented as `requestBody.required: false`). */
+    'x-body-optional'?: boolean
+  }
+}
+
+type Operation = { requestBody?: { required?: boolean }; 'x-body-optional'?: boolean }
+
+/** @fastify/swagger marks every body required; honour the routes that say otherwise. */
+function markOptionalBodies(paths: Record<string, Record<string, unknown> | undefined>): void {
+  for (const item of Object.values(paths)) {
+    for (const operation of Object.values(item ?? {}) as Operation[]) {
+      if (typeof operation !== 'object' || operation === null || !operation['x-body-optional']) continue
+      delete operation['x-body-optional']
+      if (operation.requestBody) operation.requestBody.required = false
+    }
+  }
+}
+
 async function openapi(app: FastifyInstance): Promise<void> {
   await app.register(swagger, {
+    transformObject(document) {
+      if (!('openapiObject' in document)) return document.swaggerObject
+      const doc = document.openapiObject
+      if (doc.paths) markOptionalBodies(doc.paths as Record<string, Record<string, unknown>>)
+      return doc
+    },
     openapi: {
       openapi: '3.0.3',
       info: {

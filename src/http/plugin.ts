@@ -20,7 +20,7 @@ import { createPool } from '../db/client.ts'
 import type { Pool } from '../db/client.ts'
 import { loadSeedState } from '../db/daily-usage.ts'
 import { LimitsCache } from '../limits/limits-cache.ts'
-import { METRIC_NAMES, isMetricName, toMicro } from '../metrics.ts'
+import { METRIC_NAMES, fromMicro, isMetricName, toMicro } from '../metrics.ts'
 import type { MetricName } from '../metrics.ts'
 import { Flusher } from '../persistence/flusher.ts'
 import { LeaderLock } from '../persistence/leader.ts'
@@ -92,9 +92,37 @@ interface GuardState {
 
 const guards = new WeakMap<FastifyRequest, GuardState>()
 
+/**
+ * What the usage guard of this request consumed (after `requireUsageLimit` or `config.usage` let
+ * it through), e.g. to tell the client `degraded: true`; undefined on an unguarded route.
+ */
+export function guardResult(request: FastifyRequest): ConsumeResult | undefined {
+  return guards.get(request)?.result
+}
+
 function defaultUserId(request: FastifyRequest): string | undefined {
   const user = (request as { user?: { id?: unknown } }).user
   return typeof user?.id === 'string' ? user.id : undefined
+}
+
+/** Marks a usage guard with the amounts it consumes, so a route's guards can be merged into one. */
+const GUARD_AMOUNTS = Symbol('quota.guardAmounts')
+
+type Guard = preHandlerAsyncHookHandler & { [GUARD_AMOUNTS]: Amounts }
+
+function isGuard(hook: unknown): hook is Guard {
+  return typeof hook === 'function' && GUARD_AMOUNTS in hook
+}
+
+/** Sums validated amounts per metric, exactly (in micro-units). */
+function sumAmounts(parts: Amounts[]): Amounts {
+  const micro = new Map<MetricName, number>()
+  for (const part of parts) {
+    for (const [metric, amount] of Object.entries(part) as [MetricName, number][]) {
+      micro.set(metric, (micro.get(metric) ?? 0) + toMicro(metric, amount))
+    }
+  }
+  return Object.fromEntries([...micro].map(([metric, m]) => [metric, fromMicro(m)])) as Amounts
 }
 
 /** Validates a guard's amounts at start-up: an unknown metric or a bad amount stops the app. */
@@ -164,9 +192,10 @@ async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): P
     if (ownsPool) await pool.end()
   })
 
-  const guard = (amounts: Amounts): preHandlerAsyncHookHandler =>
+  const guard = (amounts: Amounts): preHandlerAsyncHookHandler => Object.assign(
     async function usageGuard(this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
-      if (guards.has(request)) return // counted once per request, whichever guard came first
+      // A request is charged once: a guard added with app.addHook and one on the route do not both count.
+      if (guards.has(request)) return
       const userId = getUserId(request)
       if (userId === undefined) throw new HttpError(401, 'Unauthorized', 'A user is required to spend usage')
       const result = await usage.consume(userId, amounts)
@@ -177,7 +206,9 @@ async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): P
       }
       guards.set(request, { userId, amounts, result, settled: false })
       reply.headers(rateLimitHeaders(result, now))
-    }
+    },
+    { [GUARD_AMOUNTS]: amounts },
+  )
 
   const refundIfFailed = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     const state = guards.get(request)
@@ -204,12 +235,25 @@ async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): P
   app.decorate('requireUsageLimit', (metric: MetricName, amount = 1) =>
     guard(validateAmounts({ [metric]: amount }, `requireUsageLimit('${String(metric)}', ${String(amount)})`)))
 
+  // A route's guards become ONE guard: `config.usage` and any `requireUsageLimit` in its own
+  // preHandler list are summed and consumed atomically (all or none), where the first guard stood.
+  // Without this only the first would count (a request is charged once, by whichever guard runs
+  // first), silently under-counting `preHandler: [requireUsageLimit('a'), requireUsageLimit('b')]`.
   const onRoute: onRouteHookHandler = (routeOptions) => {
-    const amounts = routeOptions.config?.usage
-    if (amounts === undefined) return
-    const hook = guard(validateAmounts(amounts, `route ${routeOptions.method} ${routeOptions.url} config.usage`))
-    const existing = routeOptions.preHandler
-    routeOptions.preHandler = existing === undefined ? [hook] : [...(Array.isArray(existing) ? existing : [existing]), hook]
+    const where = `route ${routeOptions.method} ${routeOptions.url}`
+    const configured = routeOptions.config?.usage
+    const existing = routeOptions.preHandler === undefined
+      ? []
+      : Array.isArray(routeOptions.preHandler) ? [...routeOptions.preHandler] : [routeOptions.preHandler]
+    const guarded = existing.filter(isGuard)
+    if (configured === undefined && guarded.length <= 1) return
+    const parts = guarded.map((g) => g[GUARD_AMOUNTS])
+    if (configured !== undefined) parts.push(validateAmounts(configured, `${where} config.usage`))
+    const hook = guard(validateAmounts(sumAmounts(parts), where))
+    const at = guarded.length > 0 ? existing.indexOf(guarded[0] as preHandlerAsyncHookHandler) : existing.length
+    const rest = existing.filter((h) => !isGuard(h))
+    rest.splice(at, 0, hook)
+    routeOptions.preHandler = rest
   }
   app.addHook('onRoute', onRoute)
 }

@@ -5,14 +5,20 @@
 import { Type } from 'typebox'
 import { METRIC_NAMES } from '../metrics.ts'
 
-export const UUID_PATTERN = '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
 export const TIER_PATTERN = '^[a-z0-9_-]{1,64}$'
+
+/**
+ * A UUID in any letter case (ids are normalised to lower case). `format: 'uuid'` gives the
+ * readable "must be a UUID"; ajv's uuid format also admits a `urn:uuid:` prefix, which the
+ * 36-character bound (checked before the format) refuses.
+ */
+export const Uuid = (options: { description?: string } = {}) =>
+  Type.String({ format: 'uuid', maxLength: 36, ...options })
 
 const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(schema: T) => Type.Union([schema, Type.Null()])
 
-export const MetricName = Type.Union(METRIC_NAMES.map((m) => Type.Literal(m)), {
-  description: `One of ${METRIC_NAMES.join(', ')}`,
-})
+/** One `enum` (not a union of constants): one validation error, one readable OpenAPI field. */
+export const MetricName = Type.Enum(METRIC_NAMES, { type: 'string', description: `One of ${METRIC_NAMES.join(', ')}` })
 
 export const Amount = Type.Number({
   description: 'Amount in the metric\'s unit: > 0, at most 6 decimals, at most 1e9 (storage increments may be negative)',
@@ -57,13 +63,13 @@ export const IncrementBody = Type.Object(
 
 export const ResetBody = Type.Object(
   {
-    user_id: Type.Optional(Type.String({ pattern: UUID_PATTERN, description: 'Only this user (default: everyone)' })),
+    user_id: Type.Optional(Uuid({ description: 'Only this user (default: everyone)' })),
     metric: Type.Optional(MetricName),
   },
   { additionalProperties: false, examples: [{ user_id: '550e8400-e29b-41d4-a716-446655440000', metric: 'deployments' }] },
 )
 
-export const UserIdParams = Type.Object({ id: Type.String({ pattern: UUID_PATTERN }) }, { additionalProperties: false })
+export const UserIdParams = Type.Object({ id: Uuid({ description: 'User id' }) }, { additionalProperties: false })
 export const TierParams = Type.Object({ tier: Type.String({ pattern: TIER_PATTERN }) }, { additionalProperties: false })
 
 export const TierBody = Type.Object(
@@ -98,7 +104,7 @@ export const StatusResponse = Type.Object({
   date: Type.String({ description: 'UTC day, YYYY-MM-DD' }),
   resets_at: Type.String({ description: 'Next 00:00:00Z' }),
   metrics: Type.Object(Object.fromEntries(METRIC_NAMES.map((m) => [m, MetricStateSchema]))),
-})
+}, { description: "Today's usage of every metric (limit/remaining null = unlimited)" })
 
 export const CheckLimitResponse = Type.Object({
   allowed: Type.Boolean(),
@@ -111,7 +117,7 @@ export const CheckLimitResponse = Type.Object({
   reason: Nullable(Type.String()),
   resets_at: Nullable(Type.String()),
   degraded: Type.Optional(Type.Boolean()),
-})
+}, { description: 'The decision, without counting anything' })
 
 const ConsumedMetricSchema = Type.Object({
   amount: Type.Number(),
@@ -126,7 +132,6 @@ export const ConsumeResponse = Type.Object({
   allowed: Type.Boolean(),
   tier: Type.String(),
   date: Type.String(),
-  replayed: Type.Boolean(),
   resets_at: Nullable(Type.String()),
   metric: Type.Optional(Type.String()),
   amount: Type.Optional(Type.Number()),
@@ -135,17 +140,23 @@ export const ConsumeResponse = Type.Object({
   remaining: Type.Optional(Nullable(Type.Number())),
   metrics: Type.Object(Object.fromEntries(METRIC_NAMES.map((m) => [m, Type.Optional(ConsumedMetricSchema)]))),
   degraded: Type.Optional(Type.Boolean()),
-})
+}, { description: 'Admitted and counted: the values after this call' })
 
-export const ErrorResponse = Type.Object(
-  {
-    detail: Type.Object(
-      { error: Type.String(), message: Type.String() },
-      { additionalProperties: true },
-    ),
-  },
-  { description: 'Error envelope' },
+const ErrorDetail = Type.Object(
+  { error: Type.String(), message: Type.String() },
+  { additionalProperties: true },
 )
+
+export const ErrorResponse = Type.Object({ detail: ErrorDetail }, { description: 'Error envelope' })
+
+/** Response headers of a spend answer, for the OpenAPI document (@fastify/swagger reads `headers`). */
+const RateLimitHeaderDocs = {
+  'RateLimit-Limit': { type: 'integer', description: 'Limit of the denied metric (or the one closest to its limit)' },
+  'RateLimit-Remaining': { type: 'integer', description: 'What is left of it, rounded down' },
+  'RateLimit-Reset': { type: 'integer', description: 'Seconds to the next 00:00:00Z (daily metrics only)' },
+  'RateLimit-Policy': { type: 'string', description: 'One policy per limited metric, e.g. "deployments";q=10;w=86400' },
+  RateLimit: { type: 'string', description: 'Remaining and reset per metric, e.g. "deployments";r=0;t=3600' },
+}
 
 export const LimitExceededResponse = Type.Object(
   {
@@ -163,6 +174,10 @@ export const LimitExceededResponse = Type.Object(
   },
   {
     description: 'Over the limit; Retry-After and RateLimit-* headers tell when it resets',
+    headers: {
+      'Retry-After': { type: 'integer', description: 'Seconds to the next 00:00:00Z; absent when the storage gauge (which does not reset) was denied' },
+      ...RateLimitHeaderDocs,
+    },
     examples: [{ detail: { error: 'Usage limit exceeded', message: 'Daily deployments limit exceeded', current: 10, limit: 10, tier: 'free', metric: 'deployments' } }],
   },
 )
@@ -173,11 +188,14 @@ export const TierLimitsSchema = Type.Object({
   max_api_calls_per_day: Nullable(Type.Number()),
   max_compute_hours_per_day: Nullable(Type.Number()),
   max_storage_gb: Nullable(Type.Number()),
-})
+}, { description: "A tier's limits (null = unlimited)" })
 
-export const LimitsListResponse = Type.Object({ tiers: Type.Array(TierLimitsSchema) })
+export const LimitsListResponse = Type.Object({ tiers: Type.Array(TierLimitsSchema) }, { description: "Every tier's limits, by tier name" })
 
-export const UserTierResponse = Type.Object({ user_id: Type.String(), username: Type.String(), tier: Type.String() })
+export const UserTierResponse = Type.Object(
+  { user_id: Type.String(), username: Type.String(), tier: Type.String() },
+  { description: 'The user with the new tier' },
+)
 
 export const ResetResponse = Type.Object({
   date: Type.String(),
@@ -185,14 +203,27 @@ export const ResetResponse = Type.Object({
   metrics: Type.Array(Type.String()),
   users_reset: Type.Integer(),
   rows_updated: Type.Integer(),
-})
+}, { description: 'What was zeroed' })
+
+const ERROR_DESCRIPTIONS = {
+  400: 'Bad input; `message` and `field` name the field. Nothing was counted',
+  401: 'Missing, expired, unsigned or malformed bearer token',
+  403: 'The route requires an admin token',
+  404: 'No such user or tier',
+  413: 'Request body larger than 16 KiB',
+  415: 'Request body is not application/json',
+  422: 'idempotency_key already used with different parameters',
+  503: 'Redis or Postgres unreachable (USAGE_FAIL_MODE=closed); retry after Retry-After seconds',
+} as const
+
+export type ErrorStatus = keyof typeof ERROR_DESCRIPTIONS
+
+/** The error answers a route may give, each documented with what it means. */
+export function errorResponses<S extends ErrorStatus>(...statuses: S[]): Record<S, typeof ErrorResponse> {
+  const responses = {} as Record<S, typeof ErrorResponse>
+  for (const status of statuses) responses[status] = Type.Object({ detail: ErrorDetail }, { description: ERROR_DESCRIPTIONS[status] })
+  return responses
+}
 
 /** Standard error answers every authenticated route may give. */
-export const commonErrors = {
-  400: ErrorResponse,
-  401: ErrorResponse,
-  403: ErrorResponse,
-  413: ErrorResponse,
-  415: ErrorResponse,
-  503: ErrorResponse,
-}
+export const commonErrors = errorResponses(400, 401, 403, 413, 415, 503)

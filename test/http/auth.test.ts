@@ -8,7 +8,8 @@ import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { ensureUser } from '../../src/db/users.ts'
 import { signToken, unsignedToken } from '../helpers/tokens.ts'
-import { buildTestApp, envelope } from './fixture.ts'
+import { buildTestApp } from '../helpers/app.ts'
+import { envelope } from './envelope.ts'
 
 function testRoutes(app: FastifyInstance): void {
   app.get('/test/me', { preHandler: app.requireUser }, async (request) => request.user)
@@ -16,7 +17,7 @@ function testRoutes(app: FastifyInstance): void {
 }
 
 const { app, secret, db } = await buildTestApp(t, { routes: testRoutes })
-const pool = db!.pool
+const pool = db.pool
 
 async function me(authorization?: string) {
   return app.inject({ method: 'GET', url: '/test/me', headers: authorization === undefined ? {} : { authorization } })
@@ -143,7 +144,7 @@ t.test('RS256 and ES256 tokens verify with JWT_PUBLIC_KEY; HS256 signed with the
       ? generateKeyPairSync('rsa', { modulusLength: 2048 })
       : generateKeyPairSync('ec', { namedCurve: 'P-256' })
     const pem = keys.publicKey.export({ type: 'spki', format: 'pem' }).toString()
-    const { app: rsApp } = await buildTestApp(t, { env: { JWT_PUBLIC_KEY: pem }, routes: testRoutes })
+    const { app: rsApp } = await buildTestApp(t, { env: { JWT_PUBLIC_KEY: pem, JWT_SECRET: '' }, routes: testRoutes })
     const sub = randomUUID()
     const good = signAsymmetric(alg, keys.privateKey, { sub, exp: now() + 60, roles: ['admin'] })
     const ok = await rsApp.inject({ url: '/test/admin', headers: { authorization: `Bearer ${good}` } })

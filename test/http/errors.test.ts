@@ -8,7 +8,8 @@ import { Type } from 'typebox'
 import { InvalidAmountError } from '../../src/metrics.ts'
 import { UnknownTierError, UsageUnavailableError } from '../../src/usage/errors.ts'
 import { HttpError, describeValidation, errorBody } from '../../src/http/errors.ts'
-import { buildTestApp, envelope } from './fixture.ts'
+import { buildTestApp } from '../helpers/app.ts'
+import { envelope } from './envelope.ts'
 
 const Body = Type.Object(
   { metric: Type.Union([Type.Literal('deployments'), Type.Literal('storage')]), amount: Type.Number(), note: Type.Optional(Type.String()) },
@@ -38,7 +39,7 @@ function routes(app: FastifyInstance): void {
   })
 }
 
-const { app } = await buildTestApp(t, { database: false, routes })
+const { app } = await buildTestApp(t, { routes })
 const json = { 'content-type': 'application/json' }
 
 t.test('unknown route: 404 envelope', async (t) => {

@@ -9,11 +9,10 @@ import type { TierLimitsRow } from '../../db/users.ts'
 import { HttpError } from '../errors.ts'
 import {
   LimitsBody, LimitsListResponse, ResetBody, ResetResponse, StatusResponse, TierBody, TierLimitsSchema, TierParams,
-  UserIdParams, UserTierResponse, commonErrors,
+  UserIdParams, UserTierResponse, errorResponses,
 } from '../schemas.ts'
 
 const security = [{ bearerAuth: [] }]
-const notFound = { 404: commonErrors[400] }
 
 function limitsBody(row: TierLimitsRow) {
   const num = (v: string | number | null): number | null => (v === null ? null : Number(v))
@@ -37,10 +36,11 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['admin'],
       summary: "Zeroes today's counters of one user / one metric / everyone, in Redis and Postgres",
-      description: 'Without `metric` the daily metrics are zeroed; the storage gauge only when named.',
+      description: 'Without `user_id`, everyone; without `metric`, the daily metrics (the storage gauge only when named). The body may be left out: the spec\'s curl sends none.',
+      'x-body-optional': true,
       security,
       body: ResetBody,
-      response: { 200: ResetResponse, ...commonErrors },
+      response: { 200: ResetResponse, ...errorResponses(400, 401, 403, 413, 415, 503) },
     },
   }, async (request) => {
     const body = request.body ?? {}
@@ -55,7 +55,7 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
       summary: "Any user's status",
       security,
       params: UserIdParams,
-      response: { 200: StatusResponse, ...notFound, ...commonErrors },
+      response: { 200: StatusResponse, ...errorResponses(400, 401, 403, 404, 503) },
     },
   }, async (request) => {
     const user = await getUser(app.pool, request.params.id)
@@ -70,7 +70,7 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
       security,
       params: UserIdParams,
       body: TierBody,
-      response: { 200: UserTierResponse, ...notFound, ...commonErrors },
+      response: { 200: UserTierResponse, ...errorResponses(400, 401, 403, 404, 413, 415, 503) },
     },
   }, async (request) => {
     const user = await setUserTier(app.pool, request.params.id, request.body.tier)
@@ -84,7 +84,7 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['admin'],
       summary: 'Every tier\'s limits (null = unlimited)',
       security,
-      response: { 200: LimitsListResponse, ...commonErrors },
+      response: { 200: LimitsListResponse, ...errorResponses(401, 403, 503) },
     },
   }, async () => ({ tiers: (await listLimits(app.pool)).map(limitsBody) }))
 
@@ -95,7 +95,7 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
       security,
       params: TierParams,
       body: LimitsBody,
-      response: { 200: TierLimitsSchema, ...notFound, ...commonErrors },
+      response: { 200: TierLimitsSchema, ...errorResponses(400, 401, 403, 404, 413, 415, 503) },
     },
   }, async (request) => {
     for (const [column, value] of Object.entries(request.body)) {
