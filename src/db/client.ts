@@ -24,6 +24,8 @@ export function createPool(databaseUrl: string, options: PoolOptions = {}): Pool
     connectionString: databaseUrl,
     max: options.max ?? 10,
     connectionTimeoutMillis: options.connectionTimeoutMillis ?? 5000,
+    // A hung server must not hang a flush, a tier lookup or the shutdown forever.
+    query_timeout: 10_000,
     idleTimeoutMillis: 30_000,
     // The service's sessions see UTC days whatever the database default is.
     options: '-c timezone=UTC',

@@ -90,6 +90,9 @@ interface GuardState {
   settled: boolean
 }
 
+/** Longest the final flush may take at shutdown (SIGTERM must end within 10 s). */
+const FINAL_FLUSH_BUDGET_MS = 6000
+
 const guards = new WeakMap<FastifyRequest, GuardState>()
 
 /**
@@ -183,9 +186,18 @@ async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): P
   app.addHook('onClose', async () => {
     await scheduler?.stop()
     await leader?.stop()
-    // The last flush: everything admitted reaches daily_usage before the process exits.
+    // The last flush: everything admitted reaches daily_usage before the process exits. Bounded,
+    // so a hung Postgres cannot keep the process past its shutdown budget: whatever is not
+    // written stays marked dirty in Redis and the next flush (any replica, or this one restarted)
+    // writes it.
     if (options.flush !== false) {
-      await flusher.stop().catch((err: Error) => app.log.error({ err: err.message }, 'final usage flush failed; changes stay in redis'))
+      let timer: NodeJS.Timeout | undefined
+      const budget = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`not done within ${FINAL_FLUSH_BUDGET_MS} ms`)), FINAL_FLUSH_BUDGET_MS)
+      })
+      await Promise.race([flusher.stop(), budget])
+        .catch((err: Error) => app.log.error({ err: err.message }, 'final usage flush failed; changes stay in redis for the next flush'))
+        .finally(() => clearTimeout(timer))
     }
     serverClock.stop()
     await limits.stop()
