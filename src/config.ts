@@ -181,21 +181,23 @@ export function loadConfig(env: Env = process.env, options: LoadConfigOptions = 
   return { ...config, jwt: jwtConfig(env, production, options.cwd ?? process.cwd()) }
 }
 
+/** A connection URL as it may be logged: the password replaced by ***. */
+export function redactUrl(raw: string): string {
+  try {
+    const u = new URL(raw)
+    if (u.password) u.password = '***'
+    return u.toString()
+  } catch {
+    return raw
+  }
+}
+
 /** The config as it may be logged: URLs without passwords, no secrets. */
 export function redactedConfig(config: Config): Record<string, unknown> {
-  const hide = (raw: string): string => {
-    try {
-      const u = new URL(raw)
-      if (u.password) u.password = '***'
-      return u.toString()
-    } catch {
-      return raw
-    }
-  }
   return {
     ...config,
-    redisUrl: hide(config.redisUrl),
-    databaseUrl: hide(config.databaseUrl),
+    redisUrl: redactUrl(config.redisUrl),
+    databaseUrl: redactUrl(config.databaseUrl),
     jwt: { source: config.jwt.source, algorithm: config.jwt.publicKey ? 'RS256/ES256' : 'HS256' },
   }
 }

@@ -11,6 +11,9 @@
  */
 import { Redis } from 'ioredis'
 import type { Logger } from 'pino'
+import { redactUrl } from '../config.ts'
+
+export { redactUrl }
 
 export interface RedisClientOptions {
   url: string
@@ -70,14 +73,6 @@ export async function connectRedis(redis: Redis, url: string, timeoutMs = 5000):
   }
 }
 
-export function redactUrl(raw: string): string {
-  try {
-    const u = new URL(raw)
-    if (u.password) u.password = '***'
-    return u.toString()
-  } catch {
-    return raw
-  }
 }
 
 /**
