@@ -73,8 +73,6 @@ export async function connectRedis(redis: Redis, url: string, timeoutMs = 5000):
   }
 }
 
-}
-
 /**
  * Tracks the offset between this process' clock and Redis' clock (TIME), so deadlines passed to
  * scripts are expressed in Redis time. Re-measured periodically; on one machine it is ~0.
