@@ -54,30 +54,43 @@ if idem then
 end
 
 local day_key, gauge_key = KEYS[1], KEYS[2]
-local gauge_raw = redis.call('GET', gauge_key)
--- Every user touched since this Redis started has a gauge; none means Redis lost its state.
-if not gauge_raw then return { 2, 0, '' } end
-local exists = redis.call('EXISTS', day_key) == 1
-if not exists then
-  -- A missing day is a fresh day only if this bucket's state predates the day's start.
-  local epoch = redis.call('GET', KEYS[4])
-  if not epoch or tonumber(epoch) > tonumber(ARGV[4]) then return { 2, 0, '' } end
-end
-
-local gauge = tonumber(gauge_raw)
 local n = tonumber(ARGV[10])
 local fields, amounts, limits, cur = {}, {}, {}, {}
+-- One HMGET reads the version and every daily field asked for. Every write sets `v`, so a
+-- missing `v` means a missing day hash.
+local wanted, needs_gauge = { 'v' }, false
 for i = 1, n do
   local base = 10 + (i - 1) * 3
   fields[i] = ARGV[base + 1]
   amounts[i] = tonumber(ARGV[base + 2])
   limits[i] = tonumber(ARGV[base + 3])
+  if fields[i] == 's' then needs_gauge = true else wanted[#wanted + 1] = fields[i] end
+end
+local values = redis.call('HMGET', day_key, unpack(wanted))
+local version = values[1]
+local exists = version ~= false
+
+-- The gauge is read only when needed: for storage, or to start a new day hash. A missing day hash
+-- is where lost state shows: every user touched since this Redis started has a gauge, and a
+-- missing day is a fresh day only if this bucket's state predates the day's start.
+local gauge = 0
+if needs_gauge or not exists then
+  local gauge_raw = redis.call('GET', gauge_key)
+  if not gauge_raw then return { 2, 0, '' } end
+  gauge = tonumber(gauge_raw)
+  if not exists then
+    local epoch = redis.call('GET', KEYS[4])
+    if not epoch or tonumber(epoch) > tonumber(ARGV[4]) then return { 2, 0, '' } end
+  end
+end
+
+local j = 2
+for i = 1, n do
   if fields[i] == 's' then
     cur[i] = gauge
-  elseif exists then
-    cur[i] = tonumber(redis.call('HGET', day_key, fields[i]) or '0')
   else
-    cur[i] = 0
+    cur[i] = tonumber(values[j] or '0')
+    j = j + 1
   end
 end
 
@@ -111,7 +124,8 @@ if status == 1 and mode ~= 'check' then
     hset[#hset + 1] = 's'
     hset[#hset + 1] = fmt(gauge)
   end
-  redis.call('HINCRBY', day_key, 'v', 1)
+  hset[#hset + 1] = 'v'
+  hset[#hset + 1] = fmt((tonumber(version) or 0) + 1)
   redis.call('HSET', day_key, unpack(hset))
   if not exists then redis.call('EXPIRE', day_key, ARGV[5]) end
   redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[6])
