@@ -4,11 +4,23 @@
  * and only then takes them off the dirty sets — unless they changed meanwhile. On any error the
  * marks stay and the next attempt comes after a backoff: nothing is dropped. Several replicas may
  * flush at once: rows are version-guarded (see upsertTotals).
+ *
+ * Throughput and safety choices:
+ * - rows are written in one global order (bucket, user, day): batches of this flusher running in
+ *   parallel, and flushers of other replicas, lock rows in the same order, so they never deadlock;
+ * - each batch is acked as soon as it is written, while the next batch is being written;
+ * - a pass reads a bounded number of user-days per bucket. The counter store's Redis connection
+ *   has a short command timeout (it is the decisions' connection); when a pass is too big to be
+ *   read within it, the pass size is divided and the read retried at once, then grown back while
+ *   passes succeed — a large backlog (after a long Postgres outage) drains instead of timing out
+ *   forever.
  */
 import type { Logger } from 'pino'
 import type { Pool } from '../db/client.ts'
-import { upsertTotals } from '../db/daily-usage.ts'
-import type { DayTotals } from '../db/daily-usage.ts'
+import { writeTotals } from '../db/daily-usage.ts'
+import type { DayTotals, WriteResult } from '../db/daily-usage.ts'
+import { dirtyMember } from '../counters/keys.ts'
+import { CounterUnavailableError } from '../counters/redis-store.ts'
 import type { DirtyEntry, RedisCounterStore } from '../counters/redis-store.ts'
 
 export interface FlusherOptions {
@@ -16,11 +28,13 @@ export interface FlusherOptions {
   pool: Pool
   /** FLUSH_INTERVAL_MS. @default 1000 */
   intervalMs?: number
-  /** Most user-days read per bucket per pass. @default 2000 */
+  /** Most user-days read per bucket per pass (the pass shrinks below it when Redis is slow). @default 256 */
   perBucket?: number
   /** Most rows per INSERT statement. @default 5000 */
   batchSize?: number
-  /** Longest wait between attempts while failing. @default 30000 */
+  /** Batches written at once, each on its own pooled connection. @default 2 */
+  writeConcurrency?: number
+  /** Longest wait between attempts while failing. @default 5000 */
   maxBackoffMs?: number
   logger?: Pick<Logger, 'info' | 'warn' | 'error' | 'debug'>
 }
@@ -43,6 +57,17 @@ export interface PassResult {
   acked: number
 }
 
+/** Full passes after which a read size that once failed is tried again. */
+const CEILING_RELAX_PASSES = 32
+
+/** Passes a timer tick makes at most while a backlog drains (each pass is bounded). */
+const MAX_PASSES_PER_TICK = 1000
+
+function byKey(a: DirtyEntry, b: DirtyEntry): number {
+  if (a.bucket !== b.bucket) return a.bucket - b.bucket
+  return a.member < b.member ? -1 : a.member > b.member ? 1 : 0
+}
+
 export class Flusher {
   readonly #o: Required<Omit<FlusherOptions, 'logger'>> & Pick<FlusherOptions, 'logger'>
   readonly stats: FlushStats = { rowsWritten: 0, passes: 0, lastSuccessAt: null, lastError: null, consecutiveFailures: 0 }
@@ -51,15 +76,37 @@ export class Flusher {
   #stopped = true
   /** Serialises passes within the process: a pass never overlaps another. */
   #current: Promise<unknown> = Promise.resolve()
+  /** Per-bucket read size of the next pass (adapts to how fast Redis answers). */
+  #perBucketNow: number
+  /** Largest per-bucket read size allowed now: halved when a read fails, relaxed after successes. */
+  #ceiling: number
+  /** Full passes since the ceiling last moved. */
+  #fullPasses = 0
+  /** User-days Postgres refused, already logged (once each). */
+  readonly #rejected = new Set<string>()
+  /** Whether the last pass left some bucket with more to read. */
+  #lastPassFull = false
 
   constructor(options: FlusherOptions) {
     this.#o = {
       intervalMs: 1000,
-      perBucket: 2000,
+      perBucket: 256,
       batchSize: 5000,
-      maxBackoffMs: 30_000,
+      writeConcurrency: 2,
+      maxBackoffMs: 5000,
       ...options,
     }
+    this.#perBucketNow = this.#ceiling = this.#o.perBucket
+  }
+
+  /** Most rows per INSERT statement. */
+  get batchSize(): number {
+    return this.#o.batchSize
+  }
+
+  /** Most user-days read per bucket per pass (the configured ceiling). */
+  get perBucket(): number {
+    return this.#o.perBucket
   }
 
   start(): void {
@@ -75,7 +122,7 @@ export class Flusher {
     await this.flushAll()
   }
 
-  /** One pass over every bucket. */
+  /** One pass: up to `perBucket` user-days of every bucket. */
   async flushOnce(): Promise<PassResult> {
     const run = this.#current.catch(() => {}).then(() => this.#pass())
     this.#current = run
@@ -83,7 +130,7 @@ export class Flusher {
   }
 
   /** Passes until nothing is dirty (or no progress is made): after it, Postgres has everything. */
-  async flushAll(maxPasses = 1000): Promise<PassResult> {
+  async flushAll(maxPasses = 10_000): Promise<PassResult> {
     const total: PassResult = { read: 0, written: 0, acked: 0 }
     for (let i = 0; i < maxPasses; i++) {
       const r = await this.flushOnce()
@@ -101,22 +148,89 @@ export class Flusher {
     return oldest === null ? 0 : Math.max(0, now - oldest)
   }
 
+  async #read(): Promise<DirtyEntry[]> {
+    for (;;) {
+      const size = this.#perBucketNow
+      try {
+        const entries = await this.#o.store.readDirty(size)
+        const perBucket = new Map<number, number>()
+        for (const e of entries) perBucket.set(e.bucket, (perBucket.get(e.bucket) ?? 0) + 1)
+        this.#lastPassFull = [...perBucket.values()].some((n) => n >= size)
+        if (this.#lastPassFull) {
+          // A size that failed stays the ceiling for a while; then it is tried again.
+          if (++this.#fullPasses >= CEILING_RELAX_PASSES && this.#ceiling < this.#o.perBucket) {
+            this.#ceiling = Math.min(this.#o.perBucket, this.#ceiling * 2)
+            this.#fullPasses = 0
+          }
+          this.#perBucketNow = Math.min(this.#ceiling, size * 2)
+        }
+        return entries
+      } catch (err) {
+        // Too much to read within the connection's command timeout (or Redis is away): read less.
+        if (!(err instanceof CounterUnavailableError) || size <= 1) throw err
+        this.#ceiling = this.#perBucketNow = Math.max(1, Math.floor(size / 2))
+        this.#fullPasses = 0
+        this.#o.logger?.debug({ err: err.message, perBucket: this.#perBucketNow }, 'usage flush read failed; reading less per pass')
+      }
+    }
+  }
+
   async #pass(): Promise<PassResult> {
-    const entries = await this.#o.store.readDirty(this.#o.perBucket)
+    const entries = await this.#read()
     if (entries.length === 0) return { read: 0, written: 0, acked: 0 }
-    const rows: DayTotals[] = []
-    for (const e of entries) {
-      // A day hash that expired has nothing left to write; its mark is simply removed.
-      if (e.values) rows.push({ userId: e.userId, day: e.day, d: e.values.d, a: e.values.a, c: e.values.c, s: e.values.s, version: e.values.v })
-    }
+    entries.sort(byKey)
+    const batches: DirtyEntry[][] = []
+    for (let i = 0; i < entries.length; i += this.#o.batchSize) batches.push(entries.slice(i, i + this.#o.batchSize))
+
     let written = 0
-    for (let i = 0; i < rows.length; i += this.#o.batchSize) {
-      written += await upsertTotals(this.#o.pool, rows.slice(i, i + this.#o.batchSize))
+    let acked = 0
+    let next = 0
+    let failed = false
+    const worker = async (): Promise<void> => {
+      while (next < batches.length && !failed) {
+        const batch = batches[next++] as DirtyEntry[]
+        const rows: DayTotals[] = []
+        for (const e of batch) {
+          // A day hash that expired has nothing left to write; its mark is simply removed.
+          if (e.values) rows.push({ userId: e.userId, day: e.day, d: e.values.d, a: e.values.a, c: e.values.c, s: e.values.s, version: e.values.v })
+        }
+        let result: WriteResult
+        try {
+          result = await writeTotals(this.#o.pool, rows)
+        } catch (err) {
+          failed = true
+          throw err
+        }
+        // A row Postgres refused stays dirty (its exact value kept in Redis) and is retried each
+        // pass; it never holds back the rows around it.
+        const refused = new Set<string>()
+        for (const { row, error } of result.rejected) {
+          const member = dirtyMember(row.userId, row.day)
+          refused.add(member)
+          this.#reportRejected(row, error)
+        }
+        const done = refused.size === 0 ? batch : batch.filter((e) => !refused.has(e.member))
+        const n = result.written
+        written += n
+        this.stats.rowsWritten += n
+        const removed = await this.#ack(done)
+        acked += removed
+      }
     }
-    const acked = await this.#ack(entries)
-    this.stats.rowsWritten += written
+    // allSettled: a failed batch stops the pass only once the other worker is done too, so no write
+    // of this pass outlives it.
+    const settled = await Promise.allSettled(Array.from({ length: Math.min(this.#o.writeConcurrency, batches.length) }, worker))
+    const rejected = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (rejected) throw rejected.reason
     this.stats.passes++
     return { read: entries.length, written, acked }
+  }
+
+  #reportRejected(row: DayTotals, error: string): void {
+    const member = dirtyMember(row.userId, row.day)
+    if (this.#rejected.has(member)) return
+    if (this.#rejected.size < 10_000) this.#rejected.add(member)
+    this.#o.logger?.error({ userId: row.userId, day: row.day, err: error }, 'postgres refused a usage row; kept in redis, retried each flush')
   }
 
   async #ack(entries: DirtyEntry[]): Promise<number> {
@@ -141,10 +255,10 @@ export class Flusher {
     this.#running = true
     let delay = this.#o.intervalMs
     try {
-      // Keep passing while a pass was full, so a backlog drains faster than one batch per tick.
-      for (let i = 0; i < 20; i++) {
+      // Keep passing while a pass left more to read, so a backlog drains faster than one pass per tick.
+      for (let i = 0; i < MAX_PASSES_PER_TICK && !this.#stopped; i++) {
         const r = await this.flushOnce()
-        if (r.read < this.#o.perBucket) break
+        if (!this.#lastPassFull || r.acked === 0) break
       }
       if (this.stats.consecutiveFailures > 0) {
         this.#o.logger?.info({ after: this.stats.consecutiveFailures }, 'usage flush recovered')
@@ -155,7 +269,8 @@ export class Flusher {
     } catch (err) {
       this.stats.consecutiveFailures++
       this.stats.lastError = (err as Error).message
-      delay = Math.min(this.#o.maxBackoffMs, this.#o.intervalMs * 2 ** Math.min(this.stats.consecutiveFailures, 10))
+      const backoff = Math.min(this.#o.maxBackoffMs, this.#o.intervalMs * 2 ** Math.min(this.stats.consecutiveFailures, 10))
+      delay = Math.max(this.#o.intervalMs, backoff)
       const log = this.stats.consecutiveFailures === 1 ? 'warn' : 'debug'
       this.#o.logger?.[log]({ err: (err as Error).message, retryInMs: delay }, 'usage flush failed; changes kept in redis, retrying')
     } finally {

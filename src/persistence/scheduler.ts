@@ -27,7 +27,7 @@ export interface SchedulerOptions {
   isLeader: () => boolean
   /** How often the leader checks that the previous day is closed, ms. @default 1000 */
   checkIntervalMs?: number
-  logger?: Pick<Logger, 'info' | 'warn' | 'error'>
+  logger?: Pick<Logger, 'info' | 'warn' | 'error' | 'debug'>
 }
 
 export interface CloseDayResult {
@@ -44,6 +44,8 @@ export class Scheduler {
   #timer: NodeJS.Timeout | undefined
   #lastClosed: string | undefined
   #running: Promise<unknown> = Promise.resolve()
+  /** Consecutive failed attempts to close the previous day. */
+  #failures = 0
 
   constructor(options: SchedulerOptions) {
     this.#o = options
@@ -69,9 +71,13 @@ export class Scheduler {
     try {
       const result = await this.closeDay(closed)
       this.#lastClosed = closed
+      if (this.#failures > 0) this.#o.logger?.info({ day: closed, after: this.#failures }, 'daily reset recovered')
+      this.#failures = 0
       return result
     } catch (err) {
-      this.#o.logger?.error({ err: (err as Error).message, day: closed }, 'daily reset failed; will retry')
+      // Retried every check interval (1 s) until it works: one error line, not one a second.
+      const level = this.#failures++ === 0 ? 'error' : 'debug'
+      this.#o.logger?.[level]({ err: (err as Error).message, day: closed }, 'daily reset failed; will retry')
       return null
     }
   }
