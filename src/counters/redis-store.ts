@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs'
 import { ReplyError } from 'ioredis'
-import type { ChainableCommander, Redis, Result } from 'ioredis'
+import type { Redis, Result } from 'ioredis'
 import { DAY_MS } from '../clock.ts'
 import { BUCKETS, KeySpace, bucketOf, dirtyMember, parseDirtyMember } from './keys.ts'
 
@@ -18,6 +18,7 @@ declare module 'ioredis' {
     quotaSeed(...args: (string | number)[]): Result<number, Context>
     quotaReset(...args: (string | number)[]): Result<number, Context>
     quotaAck(numKeys: number, ...args: (string | number)[]): Result<number, Context>
+    quotaRead(numKeys: number, ...keys: string[]): Result<string, Context>
   }
 }
 
@@ -27,6 +28,7 @@ const SCRIPTS = {
   quotaSeed: { lua: script('seed'), numberOfKeys: 3 },
   quotaReset: { lua: script('reset'), numberOfKeys: 4 },
   quotaAck: { lua: script('ack') },
+  quotaRead: { lua: script('read'), readOnly: true },
 } as const
 
 /** Idempotency keys are kept 24 h (DESIGN 1.8). */
@@ -290,28 +292,43 @@ export class RedisCounterStore {
         }
       })
       if (members.length === 0) return []
-      const reads: ChainableCommander = this.redis.pipeline()
-      for (const m of members) reads.hmget(this.keys.day(m.userId, m.day, m.bucket), 'd', 'a', 'c', 's', 'v')
-      const replies = (await reads.exec()) ?? []
-      return members.map((m, i) => {
-        const [err, raw] = replies[i] ?? [new Error('no reply'), null]
-        if (err) throw err
-        const [d, a, c, s, v] = raw as (string | null)[]
-        const values = v === null || v === undefined
-          ? null
-          : { d: Number(d ?? 0), a: Number(a ?? 0), c: Number(c ?? 0), s: Number(s ?? 0), v: Number(v) }
-        return { ...m, values }
-      })
+      // One script call per bucket reads all its user-days (the keys share the bucket's slot):
+      // far cheaper than an HMGET each, for Redis and for this process.
+      const byBucket = new Map<number, Omit<DirtyEntry, 'values'>[]>()
+      for (const m of members) {
+        const list = byBucket.get(m.bucket) ?? []
+        list.push(m)
+        byBucket.set(m.bucket, list)
+      }
+      const out: DirtyEntry[] = []
+      await Promise.all([...byBucket].map(async ([bucket, list]) => {
+        const keys = list.map((m) => this.keys.day(m.userId, m.day, bucket))
+        const packed = await this.redis.quotaRead(keys.length, ...keys)
+        const rows = packed.split(';')
+        list.forEach((m, i) => {
+          const row = rows[i] ?? '-'
+          if (row === '-') {
+            out.push({ ...m, values: null })
+            return
+          }
+          const [d, a, c, st, v] = row.split(',').map(Number) as [number, number, number, number, number]
+          out.push({ ...m, values: { d, a, c, s: st, v } })
+        })
+      }))
+      return out
     } catch (err) {
       throw classify(err)
     }
   }
 
-  /** Removes flushed members from a bucket's dirty set unless they changed since `version`. */
-  async ack(bucket: number, written: { userId: string; day: string; version: number }[]): Promise<number> {
+  /**
+   * Removes flushed members from a bucket's dirty set unless they changed since `version`; those
+   * stay, marked as dirty since `readAt` (what was read then is in Postgres now).
+   */
+  async ack(bucket: number, written: { userId: string; day: string; version: number }[], readAt = 0): Promise<number> {
     if (written.length === 0) return 0
     const keys = [this.keys.dirty(bucket), ...written.map((w) => this.keys.day(w.userId, w.day, bucket))]
-    const args = written.flatMap((w) => [dirtyMember(w.userId, w.day), w.version])
+    const args: (string | number)[] = [readAt, ...written.flatMap((w) => [dirtyMember(w.userId, w.day), w.version])]
     try {
       return await this.redis.quotaAck(keys.length, ...keys, ...args)
     } catch (err) {

@@ -92,6 +92,8 @@ interface GuardState {
 
 /** Longest the final flush may take at shutdown (SIGTERM must end within 10 s). */
 const FINAL_FLUSH_BUDGET_MS = 6000
+/** Command timeout of the flusher's own Redis connection. */
+const FLUSH_COMMAND_TIMEOUT_MS = 10_000
 
 const guards = new WeakMap<FastifyRequest, GuardState>()
 
@@ -160,7 +162,12 @@ async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): P
     loader: (userId, day) => loadSeedState(pool, userId, day),
   })
   const limits = new LimitsCache({ pool, databaseUrl, defaultTier: options.defaultTier ?? 'free', logger: app.log })
-  const flusher = new Flusher({ store, pool, intervalMs: options.flushIntervalMs ?? 1000, logger: app.log })
+  // The flusher reads large batches: on its own connection, with a longer timeout, it neither
+  // waits behind decisions nor makes them wait (the decision client keeps its short timeout).
+  const flushRedis = options.redis.duplicate({ commandTimeout: FLUSH_COMMAND_TIMEOUT_MS, connectionName: 'quota-flusher' })
+  flushRedis.on('error', () => {}) // the decision client already logs connection trouble
+  const flushStore = new RedisCounterStore(flushRedis, { prefix: options.prefix ?? 'quota:' })
+  const flusher = new Flusher({ store: flushStore, pool, clock, intervalMs: options.flushIntervalMs ?? 1000, logger: app.log })
   const serverClock = new ServerClock(options.redis)
   const leader = options.scheduler === false ? undefined : new LeaderLock({ databaseUrl, logger: app.log })
   const scheduler = leader
@@ -173,6 +180,7 @@ async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): P
     flushAll: () => flusher.flushAll(),
   })
 
+  await flushRedis.connect().catch((err: Error) => app.log.warn({ err: err.message }, 'flusher redis connection failed; retrying'))
   await limits.start()
   await serverClock.sync().catch(() => {})
   serverClock.start()
@@ -200,6 +208,7 @@ async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): P
         .finally(() => clearTimeout(timer))
     }
     serverClock.stop()
+    flushRedis.disconnect()
     await limits.stop()
     if (ownsPool) await pool.end()
   })

@@ -17,6 +17,8 @@
  */
 import type { Logger } from 'pino'
 import type { Pool } from '../db/client.ts'
+import { systemClock } from '../clock.ts'
+import type { Clock } from '../clock.ts'
 import { writeTotals } from '../db/daily-usage.ts'
 import type { DayTotals, WriteResult } from '../db/daily-usage.ts'
 import { dirtyMember } from '../counters/keys.ts'
@@ -37,6 +39,8 @@ export interface FlusherOptions {
   /** Longest wait between attempts while failing. @default 5000 */
   maxBackoffMs?: number
   logger?: Pick<Logger, 'info' | 'warn' | 'error' | 'debug'>
+  /** The clock the counter scripts stamp dirty marks with (for lag). @default the system clock */
+  clock?: Clock
 }
 
 export interface FlushStats {
@@ -69,7 +73,7 @@ function byKey(a: DirtyEntry, b: DirtyEntry): number {
 }
 
 export class Flusher {
-  readonly #o: Required<Omit<FlusherOptions, 'logger'>> & Pick<FlusherOptions, 'logger'>
+  readonly #o: Required<Omit<FlusherOptions, 'logger' | 'clock'>> & Pick<FlusherOptions, 'logger' | 'clock'>
   readonly stats: FlushStats = { rowsWritten: 0, passes: 0, lastSuccessAt: null, lastError: null, consecutiveFailures: 0 }
   #timer: NodeJS.Timeout | undefined
   #running = false
@@ -143,7 +147,7 @@ export class Flusher {
   }
 
   /** Age (ms) of the oldest change not yet in Postgres; 0 when all is flushed. */
-  async lagMs(now: number = Date.now()): Promise<number> {
+  async lagMs(now: number = (this.#o.clock ?? systemClock).now()): Promise<number> {
     const oldest = await this.#o.store.oldestDirty()
     return oldest === null ? 0 : Math.max(0, now - oldest)
   }
@@ -176,6 +180,7 @@ export class Flusher {
   }
 
   async #pass(): Promise<PassResult> {
+    const readAt = (this.#o.clock ?? systemClock).now()
     const entries = await this.#read()
     if (entries.length === 0) return { read: 0, written: 0, acked: 0 }
     entries.sort(byKey)
@@ -213,7 +218,7 @@ export class Flusher {
         const n = result.written
         written += n
         this.stats.rowsWritten += n
-        const removed = await this.#ack(done)
+        const removed = await this.#ack(done, readAt)
         acked += removed
       }
     }
@@ -233,14 +238,14 @@ export class Flusher {
     this.#o.logger?.error({ userId: row.userId, day: row.day, err: error }, 'postgres refused a usage row; kept in redis, retried each flush')
   }
 
-  async #ack(entries: DirtyEntry[]): Promise<number> {
+  async #ack(entries: DirtyEntry[], readAt: number): Promise<number> {
     const byBucket = new Map<number, { userId: string; day: string; version: number }[]>()
     for (const e of entries) {
       const list = byBucket.get(e.bucket) ?? []
       list.push({ userId: e.userId, day: e.day, version: e.values?.v ?? Number.MAX_SAFE_INTEGER })
       byBucket.set(e.bucket, list)
     }
-    const counts = await Promise.all([...byBucket].map(([bucket, written]) => this.#o.store.ack(bucket, written)))
+    const counts = await Promise.all([...byBucket].map(([bucket, written]) => this.#o.store.ack(bucket, written, readAt)))
     return counts.reduce((a, b) => a + b, 0)
   }
 

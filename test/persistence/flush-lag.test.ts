@@ -92,14 +92,9 @@ t.test('worst flush lag under a steady load of consumes', async (t) => {
     `request p99 ${p99.toFixed(1)} ms; flusher passes ${app.quota.flusher.stats.passes}`)
   t.ok(samples.length > 30, 'lag sampled throughout')
   t.ok(worst < 4 * FLUSH_INTERVAL_MS, `worst lag ${worst} ms < 4 flush intervals`)
-  // lagMs() reads the dirty sets' scores, "ms of the first unflushed change". A user-day that
-  // changes between a flush's read and its ack keeps its mark (right: the newer version is not
-  // written yet) but also keeps its old score, so a user busy for minutes shows a lag of minutes
-  // although each flush writes it. Fixing that needs ack.lua to re-score kept members (see the
-  // report of issue 5); until then lagMs() over-reports under sustained load on the same users.
-  t.ok(worstReported < 4 * FLUSH_INTERVAL_MS, `flusher.lagMs() worst ${worstReported} ms < 4 flush intervals`, {
-    todo: 'ack.lua keeps the score of a member it keeps: lagMs() grows with the time a user stays busy',
-  })
+  // lagMs() reads the dirty sets' scores, "ms of the first unflushed change"; a member that changed
+  // between a flush's read and its ack is re-scored to the read time (test/counters/dirty-ack.test.ts).
+  t.ok(worstReported < 4 * FLUSH_INTERVAL_MS, `flusher.lagMs() worst ${worstReported} ms < 4 flush intervals`)
 
   await app.quota.flusher.flushAll()
   const totals = await usageTotals(db.pool, users.map((u) => u.id))
