@@ -50,6 +50,7 @@ export class LimitsCache {
   /** Bumped on every invalidation, so a load that raced with it is not cached. */
   #generation = 0
   #listening = false
+  readonly #listeners: ((userId: string | null) => void)[] = []
 
   constructor(options: LimitsCacheOptions) {
     this.#pool = options.pool
@@ -124,14 +125,24 @@ export class LimitsCache {
     this.#users.set(userId, tier)
   }
 
+  /**
+   * Calls `listener` whenever something a cached decision depends on may have changed: a user's
+   * tier (with its id), or tier limits / a reset (null = everyone). The deny cache listens.
+   */
+  onInvalidate(listener: (userId: string | null) => void): void {
+    this.#listeners.push(listener)
+  }
+
   invalidateUser(userId: string): void {
     this.#generation++
     this.#users.delete(userId)
+    for (const l of this.#listeners) l(userId)
   }
 
   async invalidateAll(): Promise<void> {
     this.#generation++
     this.#users.clear()
+    for (const l of this.#listeners) l(null)
     await this.reloadLimits()
   }
 
@@ -169,6 +180,11 @@ export class LimitsCache {
   }
 
   #onNotification(payload: string): void {
+    if (payload === 'reset') {
+      // Counters were zeroed (admin reset on some replica): cached denials are stale.
+      for (const l of this.#listeners) l(null)
+      return
+    }
     if (payload.startsWith('user:')) {
       this.invalidateUser(payload.slice('user:'.length))
       return

@@ -16,6 +16,7 @@ import type { TierLimits } from '../limits/tier-limits.ts'
 import { InvalidAmountError, METRIC_NAMES, METRICS, fromMicro, isMetricName, toMicro } from '../metrics.ts'
 import type { MetricName } from '../metrics.ts'
 import { UsageUnavailableError } from './errors.ts'
+import { DenyCache } from './deny-cache.ts'
 import type { Pool } from '../db/client.ts'
 import { activeUserIds, zeroColumns } from '../db/daily-usage.ts'
 import type { Amounts, CallOptions, ConsumeResult, ConsumedMetric, Decision, MetricState, ResetSummary, UsageStatus } from './types.ts'
@@ -44,6 +45,8 @@ export interface UsageServiceOptions {
   pool?: Pool
   /** Flushes everything before a reset of every user, so the reset knows who was active. */
   flushAll?: () => Promise<unknown>
+  /** Answer repeated denials of daily limits from memory for up to this long (0 = off). @default 1000 */
+  denyCacheMs?: number
 }
 
 /** What a manual reset without `metric` zeroes: today's daily counters (the storage gauge is not a daily count). */
@@ -87,8 +90,16 @@ export class UsageService {
   /** Deadline of one Redis call, in Redis time: now + REDIS_COMMAND_TIMEOUT_MS (made once). */
   readonly #deadlineFn: (() => number) | undefined
 
+  readonly #denials: DenyCache | undefined
+
   constructor(options: UsageServiceOptions) {
     this.#o = options
+    const denyMs = options.denyCacheMs ?? 1000
+    this.#denials = denyMs > 0 ? new DenyCache({ ttlMs: denyMs }) : undefined
+    if (this.#denials) {
+      const denials = this.#denials
+      options.limits.onInvalidate((userId) => denials.forget(userId))
+    }
     const sc = options.serverClock
     const timeout = options.commandTimeoutMs
     this.#deadlineFn = sc ? () => sc.toServer(Date.now()) + timeout : undefined
@@ -140,6 +151,7 @@ export class UsageService {
     const prepared = this.#prepare(amounts, false)
     const now = this.#o.clock.now()
     const items = prepared.metrics.map((m, i) => ({ field: METRICS[m].field, amount: prepared.micro[i] ?? 0, limit: null }))
+    this.#denials?.forget(id)
     try {
       await this.#o.store.apply({ mode: 'refund', userId: id, day, now, items, deadline: this.#deadline() })
     } catch (err) {
@@ -201,6 +213,9 @@ export class UsageService {
         await Promise.all(users.slice(i, i + 100).map((u) => this.#o.store.reset(u, day, now, fields)))
       }
       const rows = await zeroColumns(pool, day, userId, columns)
+      this.#denials?.forget(userId)
+      // Other replicas drop their remembered denials too.
+      await pool.query(`SELECT pg_notify('quota_changes', 'reset')`).catch(() => {})
       return { date: day, user_id: userId, metrics, users_reset: users.length, rows_updated: rows }
     } catch (err) {
       throw this.#unavailable(err)
@@ -215,6 +230,8 @@ export class UsageService {
     const limits = this.#limitsOf(tier)
     const now = this.#o.clock.now()
     const day = utcDay(now)
+    const remembered = this.#rememberedDenial(mode, id, day, tier, limits, prepared, options.idempotencyKey)
+    if (remembered) return { ...remembered, resetsAt: this.#earliestReset(prepared.metrics, now) }
     const result = await this.#apply(mode, id, tier, limits, prepared, now, options.idempotencyKey)
     if (result === null) {
       const metrics: Partial<Record<MetricName, ConsumedMetric>> = {}
@@ -238,6 +255,13 @@ export class UsageService {
       metrics[m] = { ...state(m, result.current[i] ?? 0, result.limits[i] ?? null), amount: fromMicro(prepared.micro[i] ?? 0) }
     })
     const deniedMetric = result.deniedIndex >= 0 ? (prepared.metrics[result.deniedIndex] ?? null) : null
+    if (deniedMetric && this.#denials && mode === 'consume' && prepared.metrics.length === 1 && !result.replayed
+      && METRICS[deniedMetric].period === 'day') {
+      const limit = result.limits[0]
+      if (limit !== null && limit !== undefined && answerTier === tier) {
+        this.#denials.remember(id, day, deniedMetric, { tier, current: result.current[0] ?? 0, limit })
+      }
+    }
     return {
       allowed: result.outcome === 'allowed',
       reason: deniedMetric ? denialReason(deniedMetric) : null,
@@ -247,6 +271,30 @@ export class UsageService {
       metrics,
       resetsAt: this.#earliestReset(prepared.metrics, answerNow),
       replayed: result.replayed,
+    }
+  }
+
+  /**
+   * A single-metric consume of a daily metric already denied for this user, tier and limit in the
+   * last second, answered without Redis (it can only deny). Idempotent calls always go to Redis.
+   */
+  #rememberedDenial(
+    mode: 'consume' | 'increment', userId: string, day: string, tier: string, limits: TierLimits, prepared: Prepared,
+    idempotencyKey: string | undefined,
+  ): Omit<ConsumeResult, 'resetsAt'> | undefined {
+    if (!this.#denials || mode !== 'consume' || idempotencyKey !== undefined || prepared.metrics.length !== 1) return undefined
+    const metric = prepared.metrics[0] as MetricName
+    const amount = prepared.micro[0] ?? 0
+    const denial = this.#denials.check(userId, day, metric, amount, tier, limits[metric])
+    if (!denial) return undefined
+    return {
+      allowed: false,
+      reason: denialReason(metric),
+      deniedMetric: metric,
+      tier,
+      day,
+      metrics: { [metric]: { ...state(metric, denial.current, denial.limit), amount: fromMicro(amount) } },
+      replayed: false,
     }
   }
 
