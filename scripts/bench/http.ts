@@ -42,18 +42,8 @@ export interface RoundResult {
   errors: number
 }
 
-export interface VariantSummary {
-  variant: string
-  rps: number
-  ratioToBare: number
-  p50: number
-  p975: number
-  p99: number
-  serverCpuUsPerReq: number
-  redisCpuUsPerReq: number
-  redisCmdsPerReq: number
-  statuses: string
-}
+/** Medians over the rounds of one variant. */
+export type VariantSummary = Omit<RoundResult, 'round' | 'non2xx' | 'errors'> & { statuses: string }
 
 const median = (xs: number[]): number => percentile([...xs].sort((a, b) => a - b), 50)
 
