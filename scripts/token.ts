@@ -8,9 +8,9 @@
 import { randomUUID } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { createSigner } from 'fast-jwt'
+import { isUuid } from '../src/ids.ts'
 import { DEV_SECRET_FILE, devSecret } from '../src/config.ts'
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400 }
 const USAGE = 'usage: npm run token -- --sub <uuid> [--role admin] [--username NAME] [--ttl 1h]'
 
@@ -50,7 +50,7 @@ function main(): void {
     return
   }
 
-  if (values.sub !== undefined && !UUID.test(values.sub)) fail(`--sub must be a UUID, got "${values.sub}"`)
+  if (values.sub !== undefined && !isUuid(values.sub)) fail(`--sub must be a UUID, got "${values.sub}"`)
   if (values.role !== undefined && values.role !== 'admin') fail(`--role accepts only "admin", got "${values.role}"`)
   const ttl = parseTtl(values.ttl ?? '1h')
   const sub = values.sub ?? randomUUID()

@@ -57,6 +57,11 @@ export function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN
 }
 
+/** Median of an unsorted array. */
+export function median(xs: number[]): number {
+  return percentile([...xs].sort((a, b) => a - b), 50)
+}
+
 /** CPU seconds (user + sys) of a process, from /proc (Linux). */
 export function processCpuSeconds(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url'
 import autocannon from 'autocannon'
 import { Redis } from 'ioredis'
 import { freePort } from '../../test/helpers/net.ts'
-import { percentile, processCpuSeconds, redisCounters } from './env.ts'
+import { median, processCpuSeconds, redisCounters } from './env.ts'
 import type { BenchEnv } from './env.ts'
 
 export interface HttpOptions {
@@ -45,7 +45,6 @@ export interface RoundResult {
 /** Medians over the rounds of one variant. */
 export type VariantSummary = Omit<RoundResult, 'round' | 'non2xx' | 'errors'> & { statuses: string }
 
-const median = (xs: number[]): number => percentile([...xs].sort((a, b) => a - b), 50)
 
 export async function runHttp(env: BenchEnv, options: HttpOptions): Promise<{ rounds: RoundResult[]; summary: VariantSummary[] }> {
   const port = await freePort()

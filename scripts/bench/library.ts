@@ -12,7 +12,7 @@ import { createPool } from '../../src/db/client.ts'
 import { loadSeedState } from '../../src/db/daily-usage.ts'
 import { LimitsCache } from '../../src/limits/limits-cache.ts'
 import { UsageService } from '../../src/usage/service.ts'
-import { percentile, redisCounters } from './env.ts'
+import { median, redisCounters } from './env.ts'
 import type { BenchEnv } from './env.ts'
 
 export interface LibraryOptions {
@@ -94,7 +94,6 @@ export async function runLibrary(env: BenchEnv, options: LibraryOptions) {
     stats.disconnect()
     await pool.end()
   }
-  const median = (xs: number[]): number => percentile([...xs].sort((a, b) => a - b), 50)
   const summary = variants.map((v) => {
     const rs = rounds.filter((r) => r.variant === v.name)
     return {

@@ -5,6 +5,7 @@
  */
 import type { SeedState } from '../counters/redis-store.ts'
 import { SCALE, decimalTextToMicro, microToDecimalText } from '../metrics.ts'
+import type { MetricDefinition } from '../metrics.ts'
 import type { Pool } from './client.ts'
 
 /** One user-day's totals in micro-units, with the version of the Redis state they were read from. */
@@ -149,7 +150,8 @@ export async function writeTotals(pool: Pool, rows: readonly DayTotals[]): Promi
   }
 }
 
-export type UsageColumn = 'deployments_created' | 'api_calls' | 'compute_hours' | 'storage_gb'
+/** A usage column of daily_usage, as the metric registry names it. */
+export type UsageColumn = MetricDefinition['column']
 
 /** Zeroes columns of a day's rows (one user, or everyone). Returns the rows changed. */
 export async function zeroColumns(

@@ -3,6 +3,7 @@
  * every write that can race (two first requests of one user, two replicas) relies on
  * ON CONFLICT instead of read-then-write.
  */
+import { isUuid } from '../ids.ts'
 import type { Pool } from './client.ts'
 import { UnknownTierError } from '../usage/errors.ts'
 
@@ -21,7 +22,6 @@ export interface EnsureUserInput {
   defaultTier: string
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 function pgCode(err: unknown): string | undefined {
   return (err as { code?: string } | null)?.code
@@ -59,7 +59,7 @@ async function insertIfAbsent(pool: Pool, id: string, username: string, tier: st
  */
 export async function ensureUser(pool: Pool, input: EnsureUserInput): Promise<UserRow> {
   const id = input.id.toLowerCase()
-  const claimed = input.username && !(UUID.test(input.username) && input.username.toLowerCase() !== id)
+  const claimed = input.username && !(isUuid(input.username) && input.username.toLowerCase() !== id)
     ? input.username
     : undefined
   const candidates = claimed !== undefined && claimed !== id ? [claimed, id] : [id]

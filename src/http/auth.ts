@@ -19,6 +19,7 @@ import { LRUCache } from 'lru-cache'
 import type { Config } from '../config.ts'
 import type { Pool } from '../db/client.ts'
 import { ensureUser } from '../db/users.ts'
+import { isUuid } from '../ids.ts'
 import { HttpError } from './errors.ts'
 
 /** Who is calling. `admin` comes from the token; the tier is never taken from the token. */
@@ -72,7 +73,6 @@ export interface AuthPluginOptions {
   userCacheTtlMs?: number
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 // Usernames outside this shape are ignored (the id is used), not refused: the token is still valid.
 const USERNAME = /^[^\p{Cc}]{1,128}$/u
 
@@ -197,7 +197,7 @@ async function authPlugin(app: FastifyInstance, options: AuthPluginOptions): Pro
       }
       throw tokenError(err, algorithms, header) ?? err
     }
-    if (typeof claims.sub !== 'string' || !UUID.test(claims.sub)) {
+    if (typeof claims.sub !== 'string' || !isUuid(claims.sub)) {
       throw unauthorized('Token sub claim must be a UUID')
     }
     const id = claims.sub.toLowerCase()

@@ -120,11 +120,6 @@ export class LimitsCache {
     return this.#users.get(userId)
   }
 
-  /** Caches a tier already known (e.g. just read or written by the auth layer). */
-  rememberUserTier(userId: string, tier: string): void {
-    this.#users.set(userId, tier)
-  }
-
   /**
    * Calls `listener` whenever something a cached decision depends on may have changed: a user's
    * tier (with its id), or tier limits / a reset (null = everyone). The deny cache listens.

@@ -15,13 +15,13 @@ import type { LimitsCache } from '../limits/limits-cache.ts'
 import type { TierLimits } from '../limits/tier-limits.ts'
 import { InvalidAmountError, METRIC_NAMES, METRICS, fromMicro, isMetricName, toMicro } from '../metrics.ts'
 import type { MetricName } from '../metrics.ts'
+import { isUuid } from '../ids.ts'
 import { UsageUnavailableError } from './errors.ts'
 import { DenyCache } from './deny-cache.ts'
 import type { Pool } from '../db/client.ts'
 import { activeUserIds, zeroColumns } from '../db/daily-usage.ts'
 import type { Amounts, CallOptions, ConsumeResult, ConsumedMetric, Decision, MetricState, ResetSummary, UsageStatus } from './types.ts'
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 const IDEMPOTENCY_KEY = /^[\x20-\x7e]{1,128}$/
 
 export class IdempotencyConflictError extends Error {
@@ -54,7 +54,7 @@ export const DAILY_METRICS: readonly MetricName[] = METRIC_NAMES.filter((m) => M
 
 /** Lower-case UUID, or InvalidAmountError naming `field`. */
 export function normalizeUserId(userId: string, field = 'user_id'): string {
-  if (typeof userId !== 'string' || !UUID.test(userId)) throw new InvalidAmountError(`${field} must be a UUID`, field)
+  if (!isUuid(userId)) throw new InvalidAmountError(`${field} must be a UUID`, field)
   return userId.toLowerCase()
 }
 
@@ -153,7 +153,7 @@ export class UsageService {
     const items = prepared.metrics.map((m, i) => ({ field: METRICS[m].field, amount: prepared.micro[i] ?? 0, limit: null }))
     this.#denials?.forget(id)
     try {
-      await this.#o.store.apply({ mode: 'refund', userId: id, day, now, items, deadline: this.#deadline() })
+      await this.#o.store.apply({ mode: 'refund', userId: id, day, now, items, deadline: this.#deadlineFn })
     } catch (err) {
       if (err instanceof CounterUnavailableError) {
         // The request already failed for its own reason; losing a refund over-counts, never over-admits.
@@ -173,7 +173,7 @@ export class UsageService {
     const items: ApplyItem[] = METRIC_NAMES.map((m) => ({ field: METRICS[m].field, amount: 0, limit: limits[m] }))
     let result: ApplyResult
     try {
-      result = await this.#o.store.apply({ mode: 'check', userId: id, day: utcDay(now), now, items, deadline: this.#deadline() })
+      result = await this.#o.store.apply({ mode: 'check', userId: id, day: utcDay(now), now, items, deadline: this.#deadlineFn })
     } catch (err) {
       throw this.#unavailable(err)
     }
@@ -320,7 +320,7 @@ export class UsageService {
         fingerprint: idempotencyKey === undefined
           ? undefined
           : `${mode}|${prepared.metrics.map((m, i) => `${m}=${prepared.micro[i]}`).join(';')}`,
-        deadline: this.#deadline(),
+        deadline: this.#deadlineFn,
       })
     } catch (err) {
       const unavailable = this.#unavailable(err)
@@ -337,9 +337,6 @@ export class UsageService {
     return err instanceof Error ? err : new Error(String(err))
   }
 
-  #deadline(): (() => number) | undefined {
-    return this.#deadlineFn
-  }
 
   /** Validates metrics and amounts; returns them in registry order (the order denials are named in). */
   #prepare(amounts: Amounts, allowNegative: boolean): Prepared {
