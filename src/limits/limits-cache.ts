@@ -51,6 +51,8 @@ export class LimitsCache {
   #generation = 0
   #listening = false
   readonly #listeners: ((userId: string | null) => void)[] = []
+  /** Tier reads under way, by user: concurrent misses wait for the same one. */
+  readonly #loading = new Map<string, Promise<string>>()
 
   constructor(options: LimitsCacheOptions) {
     this.#pool = options.pool
@@ -102,15 +104,28 @@ export class LimitsCache {
 
   /**
    * The user's tier: from the cache, else from Postgres, provisioning a user first seen with the
-   * default tier (once; later calls hit the cache).
+   * default tier (once; later calls hit the cache). Concurrent misses of one user share one read:
+   * after a restart or a cache expiry, a busy user's hundred parallel requests cost one query, not
+   * a hundred queued on the pool ahead of everyone else's.
    */
-  async userTier(userId: string, username?: string): Promise<string> {
+  userTier(userId: string, username?: string): Promise<string> {
     const cached = this.#users.get(userId)
-    if (cached !== undefined) return cached
+    if (cached !== undefined) return Promise.resolve(cached)
+    const pending = this.#loading.get(userId)
+    if (pending) return pending
+    const load: Promise<string> = this.#loadTier(userId, username).finally(() => {
+      if (this.#loading.get(userId) === load) this.#loading.delete(userId)
+    })
+    this.#loading.set(userId, load)
+    return load
+  }
+
+  async #loadTier(userId: string, username: string | undefined): Promise<string> {
     const generation = this.#generation
     // Known users (the common case after a cache expiry) cost one indexed read.
     const user = (await getUser(this.#pool, userId))
       ?? (await ensureUser(this.#pool, { id: userId, username, defaultTier: this.#defaultTier }))
+    // A change notified while the read was under way may not be in what it read: not cached.
     if (generation === this.#generation) this.#users.set(userId, user.tier)
     return user.tier
   }
@@ -131,12 +146,15 @@ export class LimitsCache {
   invalidateUser(userId: string): void {
     this.#generation++
     this.#users.delete(userId)
+    // Requests arriving from now on must not share a read that began before the change.
+    this.#loading.delete(userId)
     for (const l of this.#listeners) l(userId)
   }
 
   async invalidateAll(): Promise<void> {
     this.#generation++
     this.#users.clear()
+    this.#loading.clear()
     for (const l of this.#listeners) l(null)
     await this.reloadLimits()
   }
