@@ -42,6 +42,31 @@ export function utcDay(ms: number): string {
   return cachedDay
 }
 
+let cachedMidnightFor = Number.NaN
+let cachedMidnightIso = ''
+
+/** The next 00:00:00Z strictly after `ms`, as an ISO string (every answer's `resets_at`). */
+export function nextMidnightIso(ms: number): string {
+  const start = Math.floor(ms / DAY_MS) * DAY_MS
+  if (start !== cachedMidnightFor) {
+    cachedMidnightIso = new Date(start + DAY_MS).toISOString()
+    cachedMidnightFor = start
+  }
+  return cachedMidnightIso
+}
+
+let cachedParsedDay = ''
+let cachedParsedStart = Number.NaN
+
+/** Start (ms) of a UTC day given as `YYYY-MM-DD`. */
+export function dayStartOfDay(day: string): number {
+  if (day !== cachedParsedDay) {
+    cachedParsedStart = Date.parse(`${day}T00:00:00Z`)
+    cachedParsedDay = day
+  }
+  return cachedParsedStart
+}
+
 /** Start of the UTC day containing `ms`. */
 export function dayStart(ms: number): number {
   return Math.floor(ms / DAY_MS) * DAY_MS

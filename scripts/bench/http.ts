@@ -46,6 +46,22 @@ export interface RoundResult {
 export type VariantSummary = Omit<RoundResult, 'round' | 'non2xx' | 'errors'> & { statuses: string }
 
 
+/**
+ * One request template whose user is drawn at random for every request. A plain list of requests
+ * would have every connection walk it in lockstep from the first user, so each user would be
+ * asked by all connections at once: a hot-key storm, not 1000 users spending side by side.
+ */
+export function randomUsers(path: string, users: string[]): autocannon.Request[] {
+  return [{
+    method: 'GET',
+    path,
+    setupRequest: (request) => ({
+      ...request,
+      headers: { ...request.headers, 'x-user': users[Math.floor(Math.random() * users.length)] as string },
+    }),
+  }]
+}
+
 export async function runHttp(env: BenchEnv, options: HttpOptions): Promise<{ rounds: RoundResult[]; summary: VariantSummary[] }> {
   const port = await freePort()
   const server = fork(fileURLToPath(new URL('./http-server.ts', import.meta.url)), [], {
@@ -60,11 +76,14 @@ export async function runHttp(env: BenchEnv, options: HttpOptions): Promise<{ ro
   const redis = new Redis(env.redis.url)
   const rounds: RoundResult[] = []
   try {
-    const requestsFor = (path: string, users: string[]) =>
-      users.map((u) => ({ method: 'GET' as const, path, headers: { 'x-user': u } }))
-    // Warm-up: JIT, connections, scripts loaded, user tiers cached.
+    const requestsFor = (path: string, users: string[]) => randomUsers(path, users)
+    // Warm-up: every user once on every variant (tiers cached, each user's counters created in
+    // Redis), then a second of load for the JIT.
     for (const v of VARIANTS) {
-      await autocannon({ url: `http://127.0.0.1:${port}`, connections: 20, duration: 1, requests: requestsFor(v.path, v.over ? env.overUsers : env.users) })
+      const users = v.over ? env.overUsers : env.users
+      const everyUser = users.map((u) => ({ method: 'GET' as const, path: v.path, headers: { 'x-user': u } }))
+      await autocannon({ url: `http://127.0.0.1:${port}`, connections: 1, amount: users.length, requests: everyUser })
+      await autocannon({ url: `http://127.0.0.1:${port}`, connections: 20, duration: 1, requests: requestsFor(v.path, users) })
     }
     for (let round = 1; round <= options.rounds; round++) {
       let bareRps = Number.NaN

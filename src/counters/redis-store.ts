@@ -1,20 +1,23 @@
 /**
- * The counter store: the only code that knows the Lua scripts. Each operation is one script
- * call (EVALSHA through ioredis `defineCommand`, which reloads a flushed script by itself).
- * Amounts and limits are integer micro-units; the store knows nothing of tiers or HTTP.
+ * The counter store: the only code that knows the Lua scripts. Amounts and limits are integer
+ * micro-units; the store knows nothing of tiers or HTTP. Decisions go through the
+ * DecisionBatcher (one script call per bucket per event-loop turn); the flusher's reads and
+ * acks, seeds and resets are one script call each.
  */
 import { readFileSync } from 'node:fs'
-import { ReplyError } from 'ioredis'
 import type { Redis, Result } from 'ioredis'
-import { DAY_MS } from '../clock.ts'
+import { DAY_MS, dayStartOfDay } from '../clock.ts'
 import { BUCKETS, KeySpace, bucketOf, dirtyMember, parseDirtyMember } from './keys.ts'
+import { DecisionBatcher } from './decision-batcher.ts'
+import { CounterUnavailableError, classify } from './errors.ts'
+
+export { CounterUnavailableError }
 
 export type Field = 'd' | 'a' | 'c' | 's'
 export type Mode = 'check' | 'consume' | 'increment' | 'refund'
 
 declare module 'ioredis' {
   interface RedisCommander<Context> {
-    quotaApply(numKeys: number, ...args: (string | number)[]): Result<(number | string)[], Context>
     quotaSeed(...args: (string | number)[]): Result<number, Context>
     quotaReset(...args: (string | number)[]): Result<number, Context>
     quotaAck(numKeys: number, ...args: (string | number)[]): Result<number, Context>
@@ -24,7 +27,6 @@ declare module 'ioredis' {
 
 const script = (name: string): string => readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8')
 const SCRIPTS = {
-  quotaApply: { lua: script('apply') },
   quotaSeed: { lua: script('seed'), numberOfKeys: 3 },
   quotaReset: { lua: script('reset'), numberOfKeys: 4 },
   quotaAck: { lua: script('ack') },
@@ -37,9 +39,7 @@ export const IDEMPOTENCY_TTL_S = 86_400
 const DAY_KEY_LIFETIME_MS = 3 * DAY_MS
 const MAX_LOAD_ATTEMPTS = 3
 
-function dayStartOf(day: string): number {
-  return Date.parse(`${day}T00:00:00Z`)
-}
+const dayStartOf = dayStartOfDay
 
 /** Seconds a new day hash lives, from `now` on the caller's clock; at least one minute. */
 function dayKeyTtlSeconds(day: string, now: number): number {
@@ -113,22 +113,6 @@ export interface DirtyEntry {
   values: { d: number; a: number; c: number; s: number; v: number } | null
 }
 
-/** Redis cannot decide now: unreachable, timed out, loading, read-only replica... */
-export class CounterUnavailableError extends Error {
-  override name = 'CounterUnavailableError'
-}
-
-// Redis error codes that mean "not now" rather than "this script is wrong".
-const TRANSIENT_REPLY = /^(LOADING|BUSY|READONLY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|OOM|NOREPLICAS|MISCONF)\b/
-
-function classify(err: unknown): Error {
-  if (err instanceof CounterUnavailableError) return err
-  // ioredis types ReplyError as `any`; narrow it to Error here, once.
-  if (err instanceof (ReplyError as typeof Error) && !TRANSIENT_REPLY.test(err.message)) return err
-  const message = err instanceof Error ? err.message : String(err)
-  return new CounterUnavailableError(`redis unavailable: ${message}`, { cause: err })
-}
-
 export interface RedisCounterStoreOptions {
   /** Prefix of every key. @default 'quota:' */
   prefix?: string
@@ -140,6 +124,7 @@ export class RedisCounterStore {
   readonly keys: KeySpace
   readonly #loader: StateLoader | undefined
   readonly #seeding = new Map<string, Promise<void>>()
+  readonly #batcher: DecisionBatcher
 
   constructor(
     readonly redis: Redis,
@@ -147,6 +132,7 @@ export class RedisCounterStore {
   ) {
     this.keys = new KeySpace(options.prefix ?? 'quota:')
     this.#loader = options.loader
+    this.#batcher = new DecisionBatcher(redis, this.keys)
     for (const [name, definition] of Object.entries(SCRIPTS)) {
       if (!(name in redis)) redis.defineCommand(name, definition)
     }
@@ -154,63 +140,30 @@ export class RedisCounterStore {
 
   async apply(req: ApplyRequest): Promise<ApplyResult> {
     const bucket = bucketOf(req.userId)
-    const keys = [
-      this.keys.day(req.userId, req.day, bucket),
-      this.keys.gauge(req.userId, bucket),
-      this.keys.dirty(bucket),
-      this.keys.epoch(bucket),
-    ]
+    const keys = [this.keys.day(req.userId, req.day, bucket), this.keys.gauge(req.userId, bucket)]
     if (req.idempotencyKey !== undefined) keys.push(this.keys.idempotency(req.userId, req.idempotencyKey, bucket))
-    const args: (string | number)[] = [
-      req.mode,
-      0, // deadline, set per attempt below
-      req.now,
-      dayStartOf(req.day),
-      dayKeyTtlSeconds(req.day, req.now),
-      dirtyMember(req.userId, req.day),
-      IDEMPOTENCY_TTL_S,
-      req.context ?? '',
-      req.fingerprint ?? '',
-      req.items.length,
-    ]
-    for (const item of req.items) args.push(item.field, item.amount, item.limit ?? -1)
-
+    // decide.lua's JSON items after the first two (see its header). Every part is a number, a
+    // field letter, a mode word or "<uuid>:<day>": nothing that needs escaping.
+    let words = `"${req.mode}","${req.now}",${dayStartOf(req.day)},"${dayKeyTtlSeconds(req.day, req.now)}","${dirtyMember(req.userId, req.day)}","${IDEMPOTENCY_TTL_S}",${req.items.length}`
+    for (const item of req.items) words += `,"${item.field}",${item.amount},${item.limit ?? -1}`
+    const decision = {
+      bucket,
+      keys,
+      words,
+      idempotent: req.idempotencyKey === undefined ? undefined : [req.context ?? '', req.fingerprint ?? ''] as [string, string],
+      items: req.items,
+      context: req.context ?? '',
+      deadline: req.deadline,
+    }
     for (let attempt = 1; ; attempt++) {
-      let reply: (number | string)[]
-      args[1] = req.deadline ? req.deadline() : 0
-      try {
-        reply = await this.redis.quotaApply(keys.length, ...keys, ...args)
-      } catch (err) {
-        throw classify(err)
-      }
-      const status = Number(reply[0])
-      if (status === 2 && attempt < MAX_LOAD_ATTEMPTS) {
+      const outcome = await this.#batcher.decide(decision)
+      if (outcome === 'lost' && attempt < MAX_LOAD_ATTEMPTS) {
         await this.#seed(req.userId, req.day, req.now)
         continue
       }
-      if (status === 2) throw new CounterUnavailableError('redis state could not be rebuilt from postgres')
-      if (status === 3) throw new CounterUnavailableError('decision deadline passed before redis ran it')
-      return this.#result(reply, req.items.length)
-    }
-  }
-
-  #result(reply: (number | string)[], n: number): ApplyResult {
-    const status = Number(reply[0])
-    const base = status >= 10 ? status - 10 : status
-    const current: number[] = []
-    const limits: (number | null)[] = []
-    for (let i = 0; i < n; i++) {
-      current.push(Number(reply[3 + i]))
-      const limit = Number(reply[3 + n + i])
-      limits.push(limit < 0 ? null : limit)
-    }
-    return {
-      outcome: base === 1 ? 'allowed' : base === 4 ? 'conflict' : 'denied',
-      replayed: status >= 10,
-      deniedIndex: Number(reply[1]) - 1,
-      context: String(reply[2] ?? ''),
-      current,
-      limits,
+      if (outcome === 'lost') throw new CounterUnavailableError('redis state could not be rebuilt from postgres')
+      if (outcome === 'late') throw new CounterUnavailableError('decision deadline passed before redis ran it')
+      return outcome
     }
   }
 

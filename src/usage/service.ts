@@ -6,7 +6,7 @@
  */
 import type { Logger } from 'pino'
 import type { Clock } from '../clock.ts'
-import { nextMidnight, utcDay } from '../clock.ts'
+import { nextMidnightIso, utcDay } from '../clock.ts'
 import { CounterUnavailableError } from '../counters/redis-store.ts'
 import type { ApplyItem, ApplyResult, Mode, RedisCounterStore } from '../counters/redis-store.ts'
 import type { ServerClock } from '../counters/redis-client.ts'
@@ -181,7 +181,7 @@ export class UsageService {
     METRIC_NAMES.forEach((m, i) => {
       metrics[m] = state(m, result.current[i] ?? 0, limits[m])
     })
-    return { user_id: id, tier, date: utcDay(now), resets_at: new Date(nextMidnight(now)).toISOString(), metrics }
+    return { user_id: id, tier, date: utcDay(now), resets_at: nextMidnightIso(now), metrics }
   }
 
   /**
@@ -373,11 +373,11 @@ export class UsageService {
   }
 
   #resetsAt(metric: MetricName, now: number): string | null {
-    return METRICS[metric].period === 'day' ? new Date(nextMidnight(now)).toISOString() : null
+    return METRICS[metric].period === 'day' ? nextMidnightIso(now) : null
   }
 
   #earliestReset(metrics: MetricName[], now: number): string | null {
-    return metrics.some((m) => METRICS[m].period === 'day') ? new Date(nextMidnight(now)).toISOString() : null
+    return metrics.some((m) => METRICS[m].period === 'day') ? nextMidnightIso(now) : null
   }
 
   #degradedDecision(metric: MetricName, amount: number, tier: string, now: number): Decision {
