@@ -66,7 +66,10 @@ export async function runMidnight(env: BenchEnv, users: number, streamS: number)
   await limits.start()
   const serverClock = new ServerClock(redis)
   await serverClock.sync()
-  const flusher = new Flusher({ store, pool })
+  // As the plugin wires it: the flusher on its own connection, with a long timeout.
+  const flushRedis = redis.duplicate({ commandTimeout: 10_000 })
+  await connectRedis(flushRedis, env.redis.url)
+  const flusher = new Flusher({ store: new RedisCounterStore(flushRedis, { prefix }), pool })
   const usage = new UsageService({ store, limits, clock, failMode: 'closed', commandTimeoutMs: 5000, serverClock, pool })
   const scheduler = new Scheduler({ pool, flusher, clock, isLeader: () => true })
   // Every user active on the closing day, so the snapshot has `users` rows to flush.
@@ -93,6 +96,7 @@ export async function runMidnight(env: BenchEnv, users: number, streamS: number)
   const closeMs = performance.now() - t0
   await limits.stop()
   redis.disconnect()
+  flushRedis.disconnect()
   await pool.end()
   return {
     users,

@@ -23,8 +23,9 @@ export interface RedisClientOptions {
   connectionName?: string
   /**
    * Send the commands of one event-loop tick as one pipeline (ioredis enableAutoPipelining).
-   * Off by default: measured slower here, because ioredis tracks "script already sent" per
-   * socket and a pipeline counts as a new one, so scripts go out as full EVAL bodies.
+   * Off by default: the counter store already batches decisions per event-loop turn (see
+   * DecisionBatcher), and ioredis sends its own script commands inside auto-pipelines as full
+   * EVAL bodies (it remembers "script sent" per socket, and a pipeline counts as a new one).
    * @default false
    */
   autoPipelining?: boolean

@@ -10,6 +10,7 @@ import { DAY_MS, dayStartOfDay } from '../clock.ts'
 import { BUCKETS, KeySpace, bucketOf, dirtyMember, parseDirtyMember } from './keys.ts'
 import { DecisionBatcher } from './decision-batcher.ts'
 import { CounterUnavailableError, classify } from './errors.ts'
+import { mapLimited } from '../limited.ts'
 
 export { CounterUnavailableError }
 
@@ -38,6 +39,8 @@ export const IDEMPOTENCY_TTL_S = 86_400
 /** A day hash lives until 2 days after its day ends: time enough for the flusher to catch up. */
 const DAY_KEY_LIFETIME_MS = 3 * DAY_MS
 const MAX_LOAD_ATTEMPTS = 3
+/** The flusher's bucket scripts in flight at once (see mapLimited). */
+export const FLUSH_SCRIPTS_IN_FLIGHT = 2
 
 const dayStartOf = dayStartOfDay
 
@@ -254,7 +257,7 @@ export class RedisCounterStore {
         byBucket.set(m.bucket, list)
       }
       const out: DirtyEntry[] = []
-      await Promise.all([...byBucket].map(async ([bucket, list]) => {
+      await mapLimited([...byBucket], FLUSH_SCRIPTS_IN_FLIGHT, async ([bucket, list]) => {
         const keys = list.map((m) => this.keys.day(m.userId, m.day, bucket))
         const packed = await this.redis.quotaRead(keys.length, ...keys)
         const rows = packed.split(';')
@@ -267,7 +270,7 @@ export class RedisCounterStore {
           const [d, a, c, st, v] = row.split(',').map(Number) as [number, number, number, number, number]
           out.push({ ...m, values: { d, a, c, s: st, v } })
         })
-      }))
+      })
       return out
     } catch (err) {
       throw classify(err)

@@ -242,13 +242,23 @@ async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): P
     }
   }
   // onSend sees the final status (handler answers and thrown errors alike) before the client does;
-  // onResponse covers answers that skipped onSend (aborted connections).
-  app.addHook('onSend', async (request, reply, payload) => {
-    await refundIfFailed(request, reply)
-    return payload
+  // onResponse covers answers that skipped onSend (aborted connections). Callback-style, so the
+  // requests of unguarded routes, and guarded ones that succeeded, pass through without a promise.
+  app.addHook('onSend', (request, reply, payload, done) => {
+    const state = guards.get(request)
+    if (!state || state.settled) {
+      done(null, payload)
+    } else if (reply.statusCode < 400) {
+      state.settled = true // the common case: the guarded handler succeeded, nothing to give back
+      done(null, payload)
+    } else {
+      refundIfFailed(request, reply).finally(() => done(null, payload))
+    }
   })
-  app.addHook('onResponse', async (request, reply) => {
-    await refundIfFailed(request, reply)
+  app.addHook('onResponse', (request, reply, done) => {
+    const state = guards.get(request)
+    if (!state || state.settled) done()
+    else refundIfFailed(request, reply).finally(() => done())
   })
 
   app.decorate('usage', usage)

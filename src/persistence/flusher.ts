@@ -22,7 +22,8 @@ import type { Clock } from '../clock.ts'
 import { writeTotals } from '../db/daily-usage.ts'
 import type { DayTotals, WriteResult } from '../db/daily-usage.ts'
 import { dirtyMember } from '../counters/keys.ts'
-import { CounterUnavailableError } from '../counters/redis-store.ts'
+import { CounterUnavailableError, FLUSH_SCRIPTS_IN_FLIGHT } from '../counters/redis-store.ts'
+import { mapLimited } from '../limited.ts'
 import type { DirtyEntry, RedisCounterStore } from '../counters/redis-store.ts'
 
 export interface FlusherOptions {
@@ -245,7 +246,7 @@ export class Flusher {
       list.push({ userId: e.userId, day: e.day, version: e.values?.v ?? Number.MAX_SAFE_INTEGER })
       byBucket.set(e.bucket, list)
     }
-    const counts = await Promise.all([...byBucket].map(([bucket, written]) => this.#o.store.ack(bucket, written, readAt)))
+    const counts = await mapLimited([...byBucket], FLUSH_SCRIPTS_IN_FLIGHT, ([bucket, written]) => this.#o.store.ack(bucket, written, readAt))
     return counts.reduce((a, b) => a + b, 0)
   }
 

@@ -49,3 +49,13 @@ export async function pollUntil(probe: () => Promise<boolean>, timeoutMs: number
 export async function hfield(redis: Redis, key: string, field: string): Promise<number> {
   return Number((await redis.hget(key, field)) ?? 0)
 }
+
+/** Calls per command from INFO commandstats ("evalsha", "hmget", ...). */
+export function parseCommandStats(info: string): Record<string, number> {
+  const stats: Record<string, number> = {}
+  for (const line of info.split('\n')) {
+    const m = /^cmdstat_([^:]+):calls=(\d+)/.exec(line.trim())
+    if (m?.[1] && m[2]) stats[m[1]] = Number(m[2])
+  }
+  return stats
+}

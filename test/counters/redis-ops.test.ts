@@ -12,7 +12,7 @@ import { closeRedis } from '../helpers/redis.ts'
 import { startRedisServer } from '../helpers/redis-server.ts'
 import { createUsageHarness, newUserId } from '../helpers/usage.ts'
 import type { UsageHarness } from '../helpers/usage.ts'
-import { hfield, todayNoon } from './fixtures.ts'
+import { hfield, parseCommandStats, todayNoon } from './fixtures.ts'
 
 const server = await startRedisServer(t)
 const db = await createTestDatabase(t)
@@ -130,12 +130,3 @@ t.test('midnight UTC: 23:59:59.999 counts for that day, 00:00:00.000 starts a fu
   )
   t.same(rows, [{ date: day, deployments_created: 10 }, { date: next, deployments_created: 10 }], 'both days in daily_usage')
 })
-
-function parseCommandStats(info: string): Record<string, number> {
-  const stats: Record<string, number> = {}
-  for (const line of info.split('\n')) {
-    const m = /^cmdstat_([^:]+):calls=(\d+)/.exec(line.trim())
-    if (m?.[1] && m[2]) stats[m[1]] = Number(m[2])
-  }
-  return stats
-}
