@@ -19,8 +19,6 @@ export interface LibraryOptions {
   rounds: number
   durationS: number
   inFlight: number
-  /** ioredis enableAutoPipelining for quota's decision client. */
-  autoPipelining?: boolean
 }
 
 export interface LibraryRound {
@@ -47,9 +45,7 @@ async function drive(op: (i: number) => Promise<unknown>, inFlight: number, dura
 
 export async function runLibrary(env: BenchEnv, options: LibraryOptions) {
   const pool = createPool(env.db.url)
-  const redis = createRedisClient({
-    url: env.redis.url, commandTimeoutMs: 5000, connectionName: 'bench-quota', autoPipelining: options.autoPipelining ?? false,
-  })
+  const redis = createRedisClient({ url: env.redis.url, commandTimeoutMs: 5000, connectionName: 'bench-quota' })
   await connectRedis(redis, env.redis.url)
   const store = new RedisCounterStore(redis, { prefix: env.prefix, loader: (u, d) => loadSeedState(pool, u, d) })
   const limits = new LimitsCache({ pool, databaseUrl: env.db.url })
