@@ -16,6 +16,13 @@ import type { ApplyItem, ApplyResult } from './redis-store.ts'
 const DECIDE_LUA = readFileSync(new URL('./scripts/decide.lua', import.meta.url), 'utf8')
 const DECIDE_SHA = createHash('sha1').update(DECIDE_LUA).digest('hex')
 
+/**
+ * Most decisions one script call takes: Redis runs nothing else while a script runs, so a burst
+ * for one bucket is cut into calls of bounded length (~1 ms each here) that other clients'
+ * commands can slip between.
+ */
+export const MAX_DECISIONS_PER_CALL = 100
+
 /** A decision as the store prepared it (see decide.lua's header for its arguments). */
 export interface Decision {
   bucket: number
@@ -70,7 +77,11 @@ export class DecisionBatcher {
       else byBucket.set(q.decision.bucket, [q])
     }
     const calls: Call[] = []
-    for (const [bucket, queued] of byBucket) calls.push(this.#call(bucket, queued))
+    for (const [bucket, queued] of byBucket) {
+      for (let i = 0; i < queued.length; i += MAX_DECISIONS_PER_CALL) {
+        calls.push(this.#call(bucket, queued.slice(i, i + MAX_DECISIONS_PER_CALL)))
+      }
+    }
     void this.#send(calls, true)
   }
 

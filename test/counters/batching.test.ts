@@ -8,6 +8,7 @@
 import { Redis } from 'ioredis'
 import t from 'tap'
 import { utcDay } from '../../src/clock.ts'
+import { MAX_DECISIONS_PER_CALL } from '../../src/counters/decision-batcher.ts'
 import { bucketOf } from '../../src/counters/keys.ts'
 import { CounterUnavailableError } from '../../src/counters/redis-store.ts'
 import { closeRedis } from '../helpers/redis.ts'
@@ -21,10 +22,12 @@ admin.on('error', () => {})
 t.teardown(() => closeRedis(admin))
 const h = await createUsageHarness(t, { redisUrl: server.url, now: todayNoon(), commandTimeoutMs: 5000 })
 
-t.test('the decisions of one turn cost one script call per bucket', async (t) => {
+t.test('the decisions of one turn cost one script call per bucket (per 100 decisions)', async (t) => {
   const users = Array.from({ length: 20 }, () => newUserId())
   for (const u of users) await h.service.consume(u, { api_calls: 1 }) // provisioned, seeded, cached
-  const buckets = new Set(users.map((u) => bucketOf(u)))
+  const perBucket = new Map<number, number>()
+  for (const u of users) perBucket.set(bucketOf(u), (perBucket.get(bucketOf(u)) ?? 0) + 32)
+  const expectedCalls = [...perBucket.values()].reduce((sum, n) => sum + Math.ceil(n / MAX_DECISIONS_PER_CALL), 0)
 
   await admin.config('RESETSTAT')
   const calls = users.flatMap((u) => Array.from({ length: 32 }, () => h.service.consume(u, { api_calls: 1 })))
@@ -32,13 +35,25 @@ t.test('the decisions of one turn cost one script call per bucket', async (t) =>
   const stats = parseCommandStats(await admin.info('commandstats'))
 
   t.equal(results.filter((r) => r.allowed).length, 640, 'all 640 admitted')
-  t.equal(stats.evalsha, buckets.size, `${stats.evalsha} EVALSHA for 640 decisions in ${buckets.size} buckets`)
+  t.equal(stats.evalsha, expectedCalls, `${stats.evalsha} EVALSHA for 640 decisions in ${perBucket.size} buckets`)
   for (const u of users) {
     const status = await h.service.status(u)
     if (status.metrics.api_calls.current !== 33) t.fail(`user ${u}: ${status.metrics.api_calls.current}, expected 33`)
   }
   const firstUser = results.slice(0, 32).map((r) => r.metrics.api_calls?.current ?? 0).sort((a, b) => a - b)
   t.same(firstUser, Array.from({ length: 32 }, (_, i) => i + 2), 'one user\'s 32 answers are 2..33: decided one after the other')
+})
+
+t.test('a burst for one bucket is cut into calls of bounded length, still exact', async (t) => {
+  const user = newUserId()
+  await h.service.consume(user, { api_calls: 1 })
+  const burst = 2 * MAX_DECISIONS_PER_CALL + 50
+  await admin.config('RESETSTAT')
+  const results = await Promise.all(Array.from({ length: burst }, () => h.service.consume(user, { api_calls: 1 })))
+  const stats = parseCommandStats(await admin.info('commandstats'))
+  t.equal(stats.evalsha, 3, `${burst} decisions of one user: 3 script calls`)
+  t.same(results.map((r) => r.metrics.api_calls?.current).sort((a, b) => (a ?? 0) - (b ?? 0)),
+    Array.from({ length: burst }, (_, i) => i + 2), 'each answer one step after another, none lost or doubled')
 })
 
 t.test('one batch: a limit boundary, a repeated idempotency key, a user to rebuild', async (t) => {
