@@ -145,9 +145,9 @@ export class RedisCounterStore {
     const bucket = bucketOf(req.userId)
     const keys = [this.keys.day(req.userId, req.day, bucket), this.keys.gauge(req.userId, bucket)]
     if (req.idempotencyKey !== undefined) keys.push(this.keys.idempotency(req.userId, req.idempotencyKey, bucket))
-    // decide.lua's JSON items after the first two (see its header). Every part is a number, a
-    // field letter, a mode word or "<uuid>:<day>": nothing that needs escaping.
-    let words = `"${req.mode}","${req.now}",${dayStartOf(req.day)},"${dayKeyTtlSeconds(req.day, req.now)}","${dirtyMember(req.userId, req.day)}","${IDEMPOTENCY_TTL_S}",${req.items.length}`
+    // decide.lua's JSON items after the first two (see its header): numbers, a mode word and
+    // field letters (typed unions), and the member, escaped like any string that came from outside.
+    let words = `"${req.mode}","${req.now}",${dayStartOf(req.day)},"${dayKeyTtlSeconds(req.day, req.now)}",${JSON.stringify(dirtyMember(req.userId, req.day))},"${IDEMPOTENCY_TTL_S}",${req.items.length}`
     for (const item of req.items) words += `,"${item.field}",${item.amount},${item.limit ?? -1}`
     const decision = {
       bucket,
