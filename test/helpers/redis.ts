@@ -4,6 +4,7 @@
  * service as REDIS_KEY_PREFIX) and teardown deletes only the keys under it.
  */
 import { randomBytes } from 'node:crypto'
+import { basename } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Redis } from 'ioredis'
 import type { Teardownable } from './database.ts'
@@ -16,7 +17,9 @@ export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6
  * matches exactly our keys.
  */
 export function testRedisPrefix(): string {
-  return `qt:${process.pid}:${randomBytes(4).toString('hex')}:`
+  // The test file's name in the prefix tells, should keys ever be left behind, which file left them.
+  const file = basename(process.argv[1] ?? 'node').replace(/\.test\.ts$/, '').replace(/[^\w-]/g, '')
+  return `qt:${file}:${process.pid}:${randomBytes(4).toString('hex')}:`
 }
 
 /** An ioredis client that also carries the key prefix reserved for its test. */
