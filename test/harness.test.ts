@@ -15,7 +15,7 @@ import { durationSeconds, signToken, unsignedToken } from './helpers/tokens.ts'
 
 t.test('testRedisPrefix is unique and hash-tag safe', async (t) => {
   const a = testRedisPrefix()
-  t.match(a, /^qt:\d+:[0-9a-f]{8}:$/)
+  t.match(a, /^qt:harness:\d+:[0-9a-f]{8}:$/, 'names the test file (harness.test.ts), the process and a random part')
   t.not(a, testRedisPrefix())
 })
 
