@@ -62,6 +62,25 @@ export interface PassResult {
   acked: number
 }
 
+/** Overrides of the pass shape for one flushAll. */
+export interface PassShape {
+  /** Most user-days read per bucket per pass (never above what Redis was found to manage). */
+  perBucket?: number
+  /** Most rows per INSERT statement. */
+  batchSize?: number
+  /** Batches written at once. */
+  writeConcurrency?: number
+}
+
+/**
+ * Small steps for a flush that runs beside heavy decision traffic (the midnight close: every
+ * user's first decision of the new day arrives while the whole closed day is written). Each
+ * Redis script reads 32 user-days and each INSERT carries 500 rows, one at a time, so decisions
+ * slip in between: in the midnight benchmark (100 000 users) decision p99 rose 1.9x during the
+ * close instead of 11.6x, and the close took 8.8 s instead of 5.8 s.
+ */
+export const PACED: Required<PassShape> = { perBucket: 32, batchSize: 500, writeConcurrency: 1 }
+
 /** Full passes after which a read size that once failed is tried again. */
 const CEILING_RELAX_PASSES = 32
 
@@ -128,17 +147,20 @@ export class Flusher {
   }
 
   /** One pass: up to `perBucket` user-days of every bucket. */
-  async flushOnce(): Promise<PassResult> {
-    const run = this.#current.catch(() => {}).then(() => this.#pass())
+  async flushOnce(shape: PassShape = {}): Promise<PassResult> {
+    const run = this.#current.catch(() => {}).then(() => this.#pass(shape))
     this.#current = run
     return run
   }
 
-  /** Passes until nothing is dirty (or no progress is made): after it, Postgres has everything. */
-  async flushAll(maxPasses = 10_000): Promise<PassResult> {
+  /**
+   * Passes until nothing is dirty (or no progress is made): after it, Postgres has everything.
+   * `shape` trades speed for the latency of decisions made meanwhile (see PACED).
+   */
+  async flushAll(shape: PassShape = {}, maxPasses = 10_000): Promise<PassResult> {
     const total: PassResult = { read: 0, written: 0, acked: 0 }
     for (let i = 0; i < maxPasses; i++) {
-      const r = await this.flushOnce()
+      const r = await this.flushOnce(shape)
       total.read += r.read
       total.written += r.written
       total.acked += r.acked
@@ -153,15 +175,16 @@ export class Flusher {
     return oldest === null ? 0 : Math.max(0, now - oldest)
   }
 
-  async #read(): Promise<DirtyEntry[]> {
+  async #read(limit: number): Promise<DirtyEntry[]> {
     for (;;) {
-      const size = this.#perBucketNow
+      const size = Math.min(limit, this.#perBucketNow)
       try {
         const entries = await this.#o.store.readDirty(size)
         const perBucket = new Map<number, number>()
         for (const e of entries) perBucket.set(e.bucket, (perBucket.get(e.bucket) ?? 0) + 1)
         this.#lastPassFull = [...perBucket.values()].some((n) => n >= size)
-        if (this.#lastPassFull) {
+        // A pass held small on purpose (PACED) says nothing about what Redis can take: no growth.
+        if (this.#lastPassFull && size === this.#perBucketNow) {
           // A size that failed stays the ceiling for a while; then it is tried again.
           if (++this.#fullPasses >= CEILING_RELAX_PASSES && this.#ceiling < this.#o.perBucket) {
             this.#ceiling = Math.min(this.#o.perBucket, this.#ceiling * 2)
@@ -180,13 +203,14 @@ export class Flusher {
     }
   }
 
-  async #pass(): Promise<PassResult> {
+  async #pass(shape: PassShape): Promise<PassResult> {
     const readAt = (this.#o.clock ?? systemClock).now()
-    const entries = await this.#read()
+    const entries = await this.#read(shape.perBucket ?? this.#o.perBucket)
     if (entries.length === 0) return { read: 0, written: 0, acked: 0 }
     entries.sort(byKey)
+    const batchSize = shape.batchSize ?? this.#o.batchSize
     const batches: DirtyEntry[][] = []
-    for (let i = 0; i < entries.length; i += this.#o.batchSize) batches.push(entries.slice(i, i + this.#o.batchSize))
+    for (let i = 0; i < entries.length; i += batchSize) batches.push(entries.slice(i, i + batchSize))
 
     let written = 0
     let acked = 0
@@ -225,7 +249,8 @@ export class Flusher {
     }
     // allSettled: a failed batch stops the pass only once the other worker is done too, so no write
     // of this pass outlives it.
-    const settled = await Promise.allSettled(Array.from({ length: Math.min(this.#o.writeConcurrency, batches.length) }, worker))
+    const concurrency = shape.writeConcurrency ?? this.#o.writeConcurrency
+    const settled = await Promise.allSettled(Array.from({ length: Math.min(concurrency, batches.length) }, worker))
     const rejected = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
     if (rejected) throw rejected.reason
     this.stats.passes++

@@ -15,6 +15,7 @@ import type { Logger } from 'pino'
 import type { Clock } from '../clock.ts'
 import { previousDay, utcDay } from '../clock.ts'
 import type { Pool } from '../db/client.ts'
+import { PACED } from './flusher.ts'
 import type { Flusher } from './flusher.ts'
 
 export const MIDNIGHT_JOB = 'midnight'
@@ -94,7 +95,8 @@ export class Scheduler {
     const done = await pool.query('SELECT 1 FROM scheduler_runs WHERE job = $1 AND day = $2', [MIDNIGHT_JOB, day])
     if ((done.rowCount ?? 0) > 0) return { day, ran: false, users: 0, storageCarried: 0 }
 
-    await this.#o.flusher.flushAll()
+    // Paced: every user's first decision of the new day arrives while this runs.
+    await this.#o.flusher.flushAll(PACED)
     const next = utcDay(Date.parse(`${day}T00:00:00Z`) + 86_400_000)
     // The gauge carries over: the new day starts with the closed day's storage.
     const carried = await pool.query(

@@ -16,7 +16,7 @@ import { createPool } from '../../src/db/client.ts'
 import type { Pool } from '../../src/db/client.ts'
 import { loadSeedState, upsertTotals } from '../../src/db/daily-usage.ts'
 import type { DayTotals } from '../../src/db/daily-usage.ts'
-import { Flusher } from '../../src/persistence/flusher.ts'
+import { Flusher, PACED } from '../../src/persistence/flusher.ts'
 import { closeRedis } from '../helpers/redis.ts'
 import { freePort } from '../helpers/net.ts'
 import { TEST_REDIS_URL } from '../helpers/redis.ts'
@@ -121,6 +121,19 @@ t.test('the same flush twice leaves identical rows', async (t) => {
   const again = await h.flusher.flushAll()
   t.match(again, { read: 5, written: 0, acked: 5 }, 'the repeat writes nothing and acks')
   t.same(await allRows(h.pool), afterWrite, 'rows identical')
+  t.equal(await dirtyTotal(h.store), 0)
+})
+
+t.test('a paced flush (the midnight close) writes everything in small steps', async (t) => {
+  const h = await createUsageHarness(t, HARNESS)
+  // About 47 user-days per bucket: more than a paced pass reads (32), so it takes several passes.
+  const users = Array.from({ length: 3000 }, newUserId)
+  await spend(h, users, 1)
+  const passes = h.flusher.stats.passes
+  const result = await h.flusher.flushAll(PACED)
+  t.match(result, { read: 3000, written: 3000, acked: 3000 })
+  t.ok(h.flusher.stats.passes - passes >= 2, `in ${h.flusher.stats.passes - passes} passes`)
+  t.same(totalsOf(await allRows(h.pool)), await redisRows(h, users), 'daily_usage = Redis')
   t.equal(await dirtyTotal(h.store), 0)
 })
 
