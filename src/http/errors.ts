@@ -17,8 +17,8 @@ export interface ErrorBody {
 /** Builds an envelope. `extra` cannot override `error` or `message`. */
 export function errorBody(error: string, message: string, extra: Record<string, unknown> = {}): ErrorBody {
   const detail: ErrorBody['detail'] = { error, message }
-  for (const [key, value] of Object.entries(extra)) {
-    if (key !== 'error' && key !== 'message') detail[key] = value
+  for (const key in extra) {
+    if (key !== 'error' && key !== 'message') detail[key] = extra[key]
   }
   return { detail }
 }

@@ -12,6 +12,12 @@ import type { ErrorBody } from './errors.ts'
 
 const DAY_SECONDS = 86_400
 
+type Limited = ConsumedMetric & { limit: number }
+
+function remainingOf(m: Limited): number {
+  return m.remaining ?? Math.max(0, m.limit - (m.current ?? 0))
+}
+
 function limited(result: ConsumeResult): [MetricName, ConsumedMetric & { limit: number }][] {
   return (Object.entries(result.metrics) as [MetricName, ConsumedMetric][])
     .filter((e): e is [MetricName, ConsumedMetric & { limit: number }] => e[1].limit !== null)
@@ -30,8 +36,6 @@ export function rateLimitHeaders(result: ConsumeResult, now: number): Record<str
   const entries = limited(result)
   if (entries.length === 0) return {}
   const reset = secondsToMidnight(now)
-  const remainingOf = (m: ConsumedMetric & { limit: number }): number =>
-    m.remaining ?? Math.max(0, m.limit - (m.current ?? 0))
   const headline = result.deniedMetric && result.metrics[result.deniedMetric]?.limit != null
     ? entries.find(([name]) => name === result.deniedMetric)
     : entries.reduce((best, e) =>
@@ -75,6 +79,28 @@ export function limitExceededHeaders(result: ConsumeResult, now: number): Record
   return headers
 }
 
+/** A denial as rendered for one second of the clock (its Retry-After and reset fields count seconds). */
+interface Rendered {
+  second: number
+  headers: Record<string, string>
+  body: string
+}
+
+/**
+ * Renderings of answers the usage service hands out repeatedly: a remembered denial is one frozen
+ * object for as long as the denial is remembered, so a client hammering a denied call costs its
+ * headers and JSON once per second, not once per request. Keyed weakly: gone with the answer.
+ */
+const rendered = new WeakMap<ConsumeResult, Rendered>()
+
 export function sendLimitExceeded(reply: FastifyReply, result: ConsumeResult, now: number): FastifyReply {
-  return reply.code(429).headers(limitExceededHeaders(result, now)).send(limitExceededBody(result))
+  reply.code(429)
+  if (!Object.isFrozen(result)) return reply.headers(limitExceededHeaders(result, now)).send(limitExceededBody(result))
+  const second = Math.floor(now / 1000)
+  let r = rendered.get(result)
+  if (r?.second !== second) {
+    r = { second, headers: limitExceededHeaders(result, now), body: JSON.stringify(limitExceededBody(result)) }
+    rendered.set(result, r)
+  }
+  return reply.headers(r.headers).type('application/json; charset=utf-8').send(r.body)
 }

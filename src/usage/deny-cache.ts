@@ -17,6 +17,12 @@ export interface Denial {
   /** Micro-units at the time of the denial. */
   current: number
   limit: number
+  /**
+   * The answer the service built from this entry for one amount, reused while the entry lives: a
+   * client hammering a denied call gets the same (frozen) answer object, which lets the HTTP layer
+   * reuse what it rendered from it too.
+   */
+  answer?: { amount: number; result: unknown }
 }
 
 export interface DenyCacheOptions {

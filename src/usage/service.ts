@@ -230,8 +230,8 @@ export class UsageService {
     const limits = this.#limitsOf(tier)
     const now = this.#o.clock.now()
     const day = utcDay(now)
-    const remembered = this.#rememberedDenial(mode, id, day, tier, limits, prepared, options.idempotencyKey)
-    if (remembered) return { ...remembered, resetsAt: this.#earliestReset(prepared.metrics, now) }
+    const remembered = this.#rememberedDenial(mode, id, day, tier, limits, prepared, options.idempotencyKey, now)
+    if (remembered) return remembered
     const result = await this.#apply(mode, id, tier, limits, prepared, now, options.idempotencyKey)
     if (result === null) {
       const metrics: Partial<Record<MetricName, ConsumedMetric>> = {}
@@ -280,22 +280,26 @@ export class UsageService {
    */
   #rememberedDenial(
     mode: 'consume' | 'increment', userId: string, day: string, tier: string, limits: TierLimits, prepared: Prepared,
-    idempotencyKey: string | undefined,
-  ): Omit<ConsumeResult, 'resetsAt'> | undefined {
+    idempotencyKey: string | undefined, now: number,
+  ): ConsumeResult | undefined {
     if (!this.#denials || mode !== 'consume' || idempotencyKey !== undefined || prepared.metrics.length !== 1) return undefined
     const metric = prepared.metrics[0] as MetricName
     const amount = prepared.micro[0] ?? 0
     const denial = this.#denials.check(userId, day, metric, amount, tier, limits[metric])
     if (!denial) return undefined
-    return {
+    if (denial.answer?.amount === amount) return denial.answer.result as ConsumeResult
+    const result: ConsumeResult = Object.freeze({
       allowed: false,
       reason: denialReason(metric),
       deniedMetric: metric,
       tier,
       day,
-      metrics: { [metric]: { ...state(metric, denial.current, denial.limit), amount: fromMicro(amount) } },
+      metrics: Object.freeze({ [metric]: Object.freeze({ ...state(metric, denial.current, denial.limit), amount: fromMicro(amount) }) }),
+      resetsAt: this.#earliestReset(prepared.metrics, now),
       replayed: false,
-    }
+    })
+    denial.answer = { amount, result }
+    return result
   }
 
   /** One store call; null when Redis is unavailable and the fail mode is open. */

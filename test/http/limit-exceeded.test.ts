@@ -52,6 +52,33 @@ t.test('429 bodies and headers', async (t) => {
     t.equal(res.headers.ratelimit, `"deployments";r=0;t=3600`)
   })
 
+  await t.test('a remembered denial answers exactly as Redis did, and its clock fields move', async (t) => {
+    const u = h.user()
+    for (let i = 1; i <= 10; i++) await post(u.headers, '/api/deploy')
+    const strip = (headers: Record<string, unknown>) => {
+      // What differs per request whoever answers: its id, date and connection.
+      const { date, connection, 'keep-alive': keepAlive, 'x-request-id': requestId, ...rest } = headers
+      void date; void connection; void keepAlive; void requestId
+      return rest
+    }
+    const fromRedis = await post(u.headers, '/api/deploy') // decided by Redis, then remembered
+    const remembered = await post(u.headers, '/api/deploy') // answered from the deny cache
+    const again = await post(u.headers, '/api/deploy') // the rendering reused within the second
+    for (const res of [fromRedis, remembered, again]) t.equal(res.statusCode, 429)
+    t.same(remembered.json(), fromRedis.json(), 'same body')
+    t.same(strip(remembered.headers), strip(fromRedis.headers), 'same headers')
+    t.equal(again.body, remembered.body)
+    t.same(strip(again.headers), strip(remembered.headers))
+
+    clock.advance(1000)
+    const later = await post(u.headers, '/api/deploy') // still remembered, the clock in another second
+    t.equal(later.statusCode, 429)
+    t.equal(later.headers['retry-after'], '3599', 'Retry-After counts down with the clock')
+    t.equal(later.headers.ratelimit, '"deployments";r=0;t=3599')
+    t.same(later.json(), fromRedis.json(), 'the body is the same denial')
+    clock.set('2026-11-28T23:00:00.000Z')
+  })
+
   await t.test('deployments via /consume; Retry-After follows the clock', async (t) => {
     clock.set('2026-11-28T12:00:00.000Z')
     t.teardown(() => clock.set('2026-11-28T23:00:00.000Z'))
