@@ -56,7 +56,8 @@ export class DenyCache {
 
   /** The remembered denial, if `amount` (micro) would still be over the same tier's same limit. */
   check(userId: string, day: string, metric: MetricName, amount: number, tier: string, limit: number | null): Denial | undefined {
-    if (limit === null) return undefined
+    // Most traffic is admitted and most processes remember no denial: no key built, no lookup.
+    if (limit === null || this.#entries.size === 0) return undefined
     const denial = this.#entries.get(DenyCache.key(userId, day, metric))
     if (!denial || denial.tier !== tier || denial.limit !== limit) return undefined
     return denial.current + amount > denial.limit ? denial : undefined
