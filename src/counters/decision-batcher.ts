@@ -1,7 +1,8 @@
 /**
  * Micro-batching of decisions. The decisions made during one event-loop turn are sent when it
- * ends (setImmediate): one decide.lua call per bucket, deciding that bucket's decisions in order,
- * and all the calls in one pipeline. Under load that is one socket write and one Redis read for
+ * ends (setImmediate), or as soon as one bucket has MAX_DECISIONS_PER_CALL of them: one
+ * decide.lua call per bucket, deciding that bucket's decisions in order, and the calls of the
+ * turn's end in one pipeline. Under load that is one socket write and one Redis read for
  * dozens of decisions instead of one each, and one script run per bucket instead of one per
  * decision; alone, a decision waits only for the turn it was made in to finish. Each decision is
  * still atomic on its own, and every key a call touches shares its bucket's hash tag.
@@ -17,11 +18,14 @@ const DECIDE_LUA = readFileSync(new URL('./scripts/decide.lua', import.meta.url)
 const DECIDE_SHA = createHash('sha1').update(DECIDE_LUA).digest('hex')
 
 /**
- * Most decisions one script call takes: Redis runs nothing else while a script runs, so a burst
- * for one bucket is cut into calls of bounded length (~1 ms each here) that other clients'
- * commands can slip between.
+ * Most decisions one script call takes; a call that is full goes out at once instead of at the end
+ * of the turn. Redis runs nothing else while a script runs, so a burst for one bucket is cut into
+ * short calls that other clients' commands slip between, and Redis starts deciding while this
+ * process is still making decisions. Measured with 1000 in flight in one process (library bench):
+ * 16 gave 0.85-1.1x rate-limiter-flexible's decisions/s, 100 gave 0.55-0.7x (Node and Redis took
+ * turns instead of overlapping), 8 and 32 were no better than 16.
  */
-export const MAX_DECISIONS_PER_CALL = 100
+export const MAX_DECISIONS_PER_CALL = 16
 
 /** A decision as the store prepared it (see decide.lua's header for its arguments). */
 export interface Decision {
@@ -54,7 +58,8 @@ interface Call {
 }
 
 export class DecisionBatcher {
-  #queue: Queued[] = []
+  /** Decisions waiting for the end of this turn, by bucket. */
+  #byBucket = new Map<number, Queued[]>()
 
   constructor(
     private readonly redis: Redis,
@@ -63,25 +68,28 @@ export class DecisionBatcher {
 
   decide(decision: Decision): Promise<DecisionOutcome> {
     return new Promise<DecisionOutcome>((resolve, reject) => {
-      if (this.#queue.push({ decision, resolve, reject }) === 1) setImmediate(this.#flush)
+      if (this.#byBucket.size === 0) setImmediate(this.#flush)
+      const list = this.#byBucket.get(decision.bucket)
+      if (!list) {
+        this.#byBucket.set(decision.bucket, [{ decision, resolve, reject }])
+        return
+      }
+      list.push({ decision, resolve, reject })
+      // A full call goes out at once: Redis starts on it while this turn is still making decisions
+      // (a process with many in flight would otherwise alternate: all Node, then all Redis).
+      if (list.length >= MAX_DECISIONS_PER_CALL) {
+        this.#byBucket.delete(decision.bucket)
+        void this.#send([this.#call(decision.bucket, list)], true)
+      }
     })
   }
 
   readonly #flush = (): void => {
-    const queue = this.#queue
-    this.#queue = []
-    const byBucket = new Map<number, Queued[]>()
-    for (const q of queue) {
-      const list = byBucket.get(q.decision.bucket)
-      if (list) list.push(q)
-      else byBucket.set(q.decision.bucket, [q])
-    }
+    const byBucket = this.#byBucket
+    if (byBucket.size === 0) return
+    this.#byBucket = new Map()
     const calls: Call[] = []
-    for (const [bucket, queued] of byBucket) {
-      for (let i = 0; i < queued.length; i += MAX_DECISIONS_PER_CALL) {
-        calls.push(this.#call(bucket, queued.slice(i, i + MAX_DECISIONS_PER_CALL)))
-      }
-    }
+    for (const [bucket, queued] of byBucket) calls.push(this.#call(bucket, queued))
     void this.#send(calls, true)
   }
 
