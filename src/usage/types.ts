@@ -38,21 +38,25 @@ export interface ConsumedMetric extends Omit<MetricState, 'current' | 'remaining
   remaining: number | null
 }
 
+/**
+ * The answer of a consume or increment. Read-only: a denial remembered by the deny cache is one
+ * frozen object handed to every caller while it is remembered.
+ */
 export interface ConsumeResult {
-  allowed: boolean
-  reason: string | null
+  readonly allowed: boolean
+  readonly reason: string | null
   /** The first denied metric in registry order, or null. */
-  deniedMetric: MetricName | null
-  tier: string
+  readonly deniedMetric: MetricName | null
+  readonly tier: string
   /** The UTC day the amounts counted for (refunds go to the same day). */
-  day: string
+  readonly day: string
   /** When allowed: values after the call; when denied: values before it. */
-  metrics: Partial<Record<MetricName, ConsumedMetric>>
+  readonly metrics: Readonly<Partial<Record<MetricName, Readonly<ConsumedMetric>>>>
   /** Earliest reset among the requested metrics (ISO), null if only the gauge. */
-  resetsAt: string | null
+  readonly resetsAt: string | null
   /** The answer of an earlier call with the same idempotency key; nothing was counted now. */
-  replayed: boolean
-  degraded?: boolean
+  readonly replayed: boolean
+  readonly degraded?: boolean
 }
 
 export interface UsageStatus {
