@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import type { Redis } from 'ioredis'
-import { classify } from './errors.ts'
+import { CounterUnavailableError, classify } from './errors.ts'
 import type { KeySpace } from './keys.ts'
 import type { ApplyItem, ApplyResult } from './redis-store.ts'
 
@@ -39,7 +39,10 @@ export interface Decision {
   items: ApplyItem[]
   /** Context of a fresh answer (a replay brings its own). */
   context: string
-  /** Redis-server time after which the script must not apply it; read right before the send. */
+  /**
+   * Redis-server time after which the script must not apply it; read when its call is built (a
+   * NOSCRIPT resend keeps that deadline: stricter, never later).
+   */
   deadline: (() => number) | undefined
 }
 
@@ -79,7 +82,8 @@ export class DecisionBatcher {
       // (a process with many in flight would otherwise alternate: all Node, then all Redis).
       if (list.length >= MAX_DECISIONS_PER_CALL) {
         this.#byBucket.delete(decision.bucket)
-        void this.#send([this.#call(decision.bucket, list)], true)
+        const call = this.#callOrReject(decision.bucket, list)
+        if (call) void this.#send([call], true)
       }
     })
   }
@@ -89,8 +93,21 @@ export class DecisionBatcher {
     if (byBucket.size === 0) return
     this.#byBucket = new Map()
     const calls: Call[] = []
-    for (const [bucket, queued] of byBucket) calls.push(this.#call(bucket, queued))
-    void this.#send(calls, true)
+    for (const [bucket, queued] of byBucket) {
+      const call = this.#callOrReject(bucket, queued)
+      if (call) calls.push(call)
+    }
+    if (calls.length > 0) void this.#send(calls, true)
+  }
+
+  /** The call for these decisions; if it cannot be built, they all fail instead of hanging. */
+  #callOrReject(bucket: number, queued: Queued[]): Call | undefined {
+    try {
+      return this.#call(bucket, queued)
+    } catch (err) {
+      for (const q of queued) q.reject(err instanceof Error ? err : new Error(String(err)))
+      return undefined
+    }
   }
 
   #call(bucket: number, queued: Queued[]): Call {
@@ -127,9 +144,20 @@ export class DecisionBatcher {
     const missing: Call[] = []
     calls.forEach((call, i) => {
       const [err, reply] = replies[i] ?? [new Error('no reply from redis'), null]
-      if (err && loadOnMissing && err.message.startsWith('NOSCRIPT')) missing.push(call)
-      else if (err) for (const q of call.queued) q.reject(classify(err))
-      else settle(call.queued, reply as (number | string)[])
+      if (err && err.message.startsWith('NOSCRIPT')) {
+        // Loaded just now and missing again (a failover to a node without it): not now, not a bug.
+        if (loadOnMissing) missing.push(call)
+        else for (const q of call.queued) q.reject(new CounterUnavailableError(`redis unavailable: ${err.message}`, { cause: err }))
+      } else if (err) {
+        for (const q of call.queued) q.reject(classify(err))
+      } else {
+        try {
+          settle(call.queued, reply as (number | string)[])
+        } catch (settleErr) {
+          // Settled decisions ignore a second verdict; the rest must not hang.
+          for (const q of call.queued) q.reject(settleErr instanceof Error ? settleErr : new Error(String(settleErr)))
+        }
+      }
     })
     if (missing.length === 0) return
     // Redis restarted or SCRIPT FLUSH ran: load the script once and send those calls again (a

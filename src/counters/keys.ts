@@ -3,8 +3,7 @@
  * so a script touching a user's day hash, gauge, idempotency key, the bucket's dirty set and
  * epoch marker stays in one hash slot and runs unchanged on Redis Cluster.
  *
- *   <prefix>{<b>}:d:<user>:<YYYY-MM-DD>  hash  d a c s (micro-units), v (version), z (in the dirty set);
- *                                              expires 2 days after its day
+ *   <prefix>{<b>}:d:<user>:<YYYY-MM-DD>  hash  d a c s (micro-units), v (version); expires 2 days after its day
  *   <prefix>{<b>}:g:<user>               string  storage gauge in micro-units; no expiry
  *   <prefix>{<b>}:i:<user>:<key>         string  stored result of an idempotent call; 24 h
  *   <prefix>{<b>}:dirty                  zset    "<user>:<day>" -> ms of the first unflushed change

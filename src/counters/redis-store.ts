@@ -51,7 +51,7 @@ function dayKeyTtlSeconds(day: string, now: number): number {
 
 export interface ApplyItem {
   field: Field
-  /** Micro-units, > 0. */
+  /** Micro-units; negative only to lower the storage gauge (an increment of deleted data). */
   amount: number
   /** Micro-units; null = unlimited. */
   limit: number | null
@@ -116,6 +116,22 @@ export interface DirtyEntry {
   values: { d: number; a: number; c: number; s: number; v: number } | null
 }
 
+const DAY = /^\d{4}-\d{2}-\d{2}$/
+
+/**
+ * Arguments a script would choke on fail here, before anything is sent: a script that errors
+ * part-way fails every decision of its call, although those before it were applied.
+ */
+function checkApplyRequest(req: ApplyRequest): void {
+  if (!DAY.test(req.day) || Number.isNaN(dayStartOf(req.day))) throw new TypeError(`day must be YYYY-MM-DD, got "${req.day}"`)
+  if (!Number.isSafeInteger(req.now)) throw new TypeError('now must be epoch milliseconds')
+  for (const item of req.items) {
+    if (!Number.isSafeInteger(item.amount)) throw new TypeError(`amount must be a whole number of micro-units, got ${item.amount}`)
+    if (item.limit !== null && !Number.isSafeInteger(item.limit)) throw new TypeError(`limit must be a whole number of micro-units or null, got ${item.limit}`)
+  }
+  if (req.items.length === 0) throw new TypeError('at least one item is required')
+}
+
 export interface RedisCounterStoreOptions {
   /** Prefix of every key. @default 'quota:' */
   prefix?: string
@@ -142,6 +158,7 @@ export class RedisCounterStore {
   }
 
   async apply(req: ApplyRequest): Promise<ApplyResult> {
+    checkApplyRequest(req)
     const bucket = bucketOf(req.userId)
     const keys = [this.keys.day(req.userId, req.day, bucket), this.keys.gauge(req.userId, bucket)]
     if (req.idempotencyKey !== undefined) keys.push(this.keys.idempotency(req.userId, req.idempotencyKey, bucket))

@@ -94,3 +94,22 @@ t.test('a decision past its deadline fails alone; its batch neighbours are decid
   t.match(onTimeResult, { status: 'fulfilled', value: { outcome: 'allowed', current: [2_000_000] } })
   t.equal((await h.service.status(late)).metrics.api_calls.current, 1, 'the late one changed nothing')
 })
+
+t.test('arguments a script would choke on fail before anything is sent', async (t) => {
+  const user = newUserId()
+  const neighbour = newUserId()
+  await h.service.consume(user, { api_calls: 1 })
+  await h.service.consume(neighbour, { api_calls: 1 })
+  const day = utcDay(h.clock.now())
+  const item = { field: 'a' as const, amount: 1_000_000, limit: null }
+  const [bogusDay, fractional, fine] = await Promise.allSettled([
+    h.service.refund(user, { api_calls: 1 }, 'bogus'),
+    h.store.apply({ mode: 'increment', userId: user, day, now: h.clock.now(), items: [{ ...item, amount: 0.5 }] }),
+    h.store.apply({ mode: 'increment', userId: neighbour, day, now: h.clock.now(), items: [item] }),
+  ])
+  t.match(bogusDay, { status: 'rejected', reason: { message: /day must be YYYY-MM-DD/ } })
+  t.match(fractional, { status: 'rejected', reason: { message: /whole number of micro-units/ } })
+  t.match(fine, { status: 'fulfilled', value: { outcome: 'allowed', current: [2_000_000] } }, 'the valid neighbour is decided')
+  t.equal((await h.service.status(user)).metrics.api_calls.current, 1, 'nothing of the invalid ones was applied')
+  t.notOk(await admin.exists(h.store.keys.day(user, 'bogus')), 'no day hash for a day that is not one')
+})

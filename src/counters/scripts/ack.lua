@@ -1,7 +1,6 @@
 --[[
 ack.lua: after the flusher wrote user-days to Postgres, takes them off the dirty set, unless they
-changed again meanwhile (a newer version must be flushed next tick). A removed member's day hash
-loses its `z` field (see decide.lua) in the same step.
+changed again meanwhile (a newer version must be flushed next tick).
 
 KEYS[1]      dirty set  <p>{b}:dirty
 KEYS[2..n+1] day hashes of the flushed members
@@ -19,8 +18,6 @@ for i = 2, #KEYS do
   local v = redis.call('HGET', KEYS[i], 'v')
   if (not v) or tonumber(v) <= written then
     removed = removed + redis.call('ZREM', KEYS[1], member)
-    -- The mark that lets decide.lua skip its ZADD goes with the member, never without it.
-    if v then redis.call('HDEL', KEYS[i], 'z') end
   elseif tonumber(ARGV[1]) > 0 then
     redis.call('ZADD', KEYS[1], 'XX', 'GT', ARGV[1], member)
   end

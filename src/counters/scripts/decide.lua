@@ -1,7 +1,8 @@
 --[[
 decide.lua: usage decisions of users of one bucket, each atomic and taken in order, in one call:
-check | consume | increment | refund. The store sends the decisions of one event-loop tick that
-fall in the same bucket together, so Redis runs one script (and one TIME) for all of them.
+check | consume | increment | refund. The store sends the decisions of one event-loop turn that
+fall in the same bucket together (up to 16 per call), so Redis runs one script, and reads TIME at
+most once, for all the decisions of a call.
 
 KEYS[1]  dirty set   <p>{b}:dirty    zset "<user>:<day>" -> ms of first unflushed change
 KEYS[2]  epoch       <p>{b}:epoch    ms when this bucket's state was (re)built
@@ -14,7 +15,8 @@ ARGV[1]  number of decisions, then per decision one JSON array (one argument ins
          cheaper for the client to send, and cjson decodes it in C), followed, only when the
          decision has an idempotency key, by two more arguments: its context (day and tier,
          stored with the answer) and its fingerprint (refuses a key reused with other parameters).
-  The array's items (times and lifetimes as strings: they are handed to Redis commands as sent):
+  The array's items (those handed to Redis commands as they are — now, lifetimes, member — are
+  strings; the deadline and day start are numbers, only compared):
   1   number of its keys (2, or 3 with an idempotency key)
   2   deadline in Redis-server ms (0 = none): past it nothing is applied, because the caller has
       already given up (timed out) and answered without this decision
@@ -26,7 +28,7 @@ ARGV[1]  number of decisions, then per decision one JSON array (one argument ins
   7   dirty member "<user>:<day>"
   8   idempotency TTL, seconds
   9   n, the number of metrics, followed by n triples:
-      field (d|a|c|s), amount (micro-units, > 0), limit (micro-units, -1 = unlimited)
+      field (d|a|c|s), amount (micro-units; negative only to lower the storage gauge), limit (micro-units, -1 = unlimited)
 
 Returns one flat array, the answers of the decisions in order:
   status, denied, cur_1..cur_n                      a decision taken now (status 0 or 1)
@@ -40,9 +42,12 @@ Returns one flat array, the answers of the decisions in order:
   caller sent; a replay returns those of the first call.
 The comparison is current + amount > limit *before* incrementing: a denial changes nothing.
 
-Dirty marking: the day hash's field `z` says "this user-day is in the dirty set". It is set with
-the ZADD and removed only by ack.lua together with the ZREM, so a decision on a user-day that is
-already waiting for the flusher skips the ZADD.
+Every write marks the user-day dirty with ZADD NX, also when it is marked already: a mark that went
+missing (a dirty set deleted or evicted, another release's flusher) comes back with the next change.
+
+All arguments are decoded before the first decision runs, so malformed input fails the call before
+anything is written. A Redis error inside a decision (none is expected: the store validates what
+it sends) would fail the whole call although the decisions before it were applied.
 ]]
 
 local function fmt(x) return string.format('%.0f', x) end
@@ -101,9 +106,9 @@ local function decide(w, day_key, gauge_key, idem, context, fingerprint)
   end
 
   local fields, amounts, limits, cur = {}, {}, {}, {}
-  -- One HMGET reads the version, the dirty mark and every daily field asked for. Every write
-  -- sets `v`, so a missing `v` means a missing day hash.
-  local wanted, needs_gauge = { 'v', 'z' }, false
+  -- One HMGET reads the version and every daily field asked for. Every write sets `v`, so a
+  -- missing `v` means a missing day hash.
+  local wanted, needs_gauge = { 'v' }, false
   for i = 1, n do
     local base = 9 + (i - 1) * 3
     fields[i] = w[base + 1]
@@ -133,7 +138,7 @@ local function decide(w, day_key, gauge_key, idem, context, fingerprint)
     gauge = tonumber(gauge_raw)
   end
 
-  local j = 3
+  local j = 2
   for i = 1, n do
     if fields[i] == 's' then
       cur[i] = gauge
@@ -175,13 +180,9 @@ local function decide(w, day_key, gauge_key, idem, context, fingerprint)
     end
     hset[#hset + 1] = 'v'
     hset[#hset + 1] = fmt((tonumber(version) or 0) + 1)
-    if not values[2] then
-      hset[#hset + 1] = 'z'
-      hset[#hset + 1] = '1'
-      redis.call('ZADD', dirty_key, 'NX', w[4], w[7])
-    end
     redis.call('HSET', day_key, unpack(hset))
     if not exists then redis.call('EXPIRE', day_key, w[6]) end
+    redis.call('ZADD', dirty_key, 'NX', w[4], w[7])
   end
 
   out[#out + 1] = status
@@ -197,15 +198,21 @@ local function decide(w, day_key, gauge_key, idem, context, fingerprint)
   end
 end
 
+-- Decode every decision first (see the header), then decide them in order.
+local decisions = {}
 local a, k = 2, 3
-for _ = 1, tonumber(ARGV[1]) do
+for d = 1, tonumber(ARGV[1]) do
   local w = cjson.decode(ARGV[a])
   if w[1] == 3 then
-    decide(w, KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a + 1], ARGV[a + 2])
+    decisions[d] = { w, KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a + 1], ARGV[a + 2] }
     a, k = a + 3, k + 3
   else
-    decide(w, KEYS[k], KEYS[k + 1], nil, '', '')
+    decisions[d] = { w, KEYS[k], KEYS[k + 1], nil, '', '' }
     a, k = a + 1, k + 2
   end
+end
+for d = 1, #decisions do
+  local x = decisions[d]
+  decide(x[1], x[2], x[3], x[4], x[5], x[6])
 end
 return out

@@ -35,8 +35,6 @@ if not exists then
   hset[#hset + 1] = 's'
   hset[#hset + 1] = redis.call('GET', KEYS[2])
 end
-hset[#hset + 1] = 'z' -- in the dirty set (see decide.lua)
-hset[#hset + 1] = '1'
 redis.call('HINCRBY', KEYS[1], 'v', 1)
 redis.call('HSET', KEYS[1], unpack(hset))
 if not exists then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
