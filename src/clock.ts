@@ -84,7 +84,7 @@ export function secondsToMidnight(ms: number): number {
 
 /** The UTC day before `day` (`YYYY-MM-DD`). */
 export function previousDay(day: string): string {
-  return utcDay(Date.parse(`${day}T00:00:00Z`) - DAY_MS)
+  return utcDay(dayStartOfDay(day) - DAY_MS)
 }
 
 export { DAY_MS }

@@ -105,7 +105,7 @@ export class DecisionBatcher {
     try {
       return this.#call(bucket, queued)
     } catch (err) {
-      for (const q of queued) q.reject(err instanceof Error ? err : new Error(String(err)))
+      rejectAll(queued, err)
       return undefined
     }
   }
@@ -138,7 +138,7 @@ export class DecisionBatcher {
         replies = ((await pipeline.exec()) ?? []) as [Error | null, unknown][]
       }
     } catch (err) {
-      for (const call of calls) for (const q of call.queued) q.reject(classify(err))
+      for (const call of calls) rejectAll(call.queued, classify(err))
       return
     }
     const missing: Call[] = []
@@ -147,15 +147,14 @@ export class DecisionBatcher {
       if (err && err.message.startsWith('NOSCRIPT')) {
         // Loaded just now and missing again (a failover to a node without it): not now, not a bug.
         if (loadOnMissing) missing.push(call)
-        else for (const q of call.queued) q.reject(new CounterUnavailableError(`redis unavailable: ${err.message}`, { cause: err }))
+        else rejectAll(call.queued, new CounterUnavailableError(`redis unavailable: ${err.message}`, { cause: err }))
       } else if (err) {
-        for (const q of call.queued) q.reject(classify(err))
+        rejectAll(call.queued, classify(err))
       } else {
         try {
           settle(call.queued, reply as (number | string)[])
         } catch (settleErr) {
-          // Settled decisions ignore a second verdict; the rest must not hang.
-          for (const q of call.queued) q.reject(settleErr instanceof Error ? settleErr : new Error(String(settleErr)))
+          rejectAll(call.queued, settleErr) // settled decisions ignore it; the rest must not hang
         }
       }
     })
@@ -165,11 +164,16 @@ export class DecisionBatcher {
     try {
       await this.redis.script('LOAD', DECIDE_LUA)
     } catch (err) {
-      for (const call of missing) for (const q of call.queued) q.reject(classify(err))
+      for (const call of missing) rejectAll(call.queued, classify(err))
       return
     }
     await this.#send(missing, false)
   }
+}
+
+function rejectAll(queued: Queued[], err: unknown): void {
+  const error = err instanceof Error ? err : new Error(String(err))
+  for (const q of queued) q.reject(error)
 }
 
 /** Hands each decision its part of one call's flat answer (layout: decide.lua's header). */

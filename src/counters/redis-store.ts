@@ -42,11 +42,10 @@ const MAX_LOAD_ATTEMPTS = 3
 /** The flusher's bucket scripts in flight at once (see mapLimited). */
 export const FLUSH_SCRIPTS_IN_FLIGHT = 2
 
-const dayStartOf = dayStartOfDay
 
 /** Seconds a new day hash lives, from `now` on the caller's clock; at least one minute. */
 function dayKeyTtlSeconds(day: string, now: number): number {
-  return Math.max(60, Math.ceil((dayStartOf(day) + DAY_KEY_LIFETIME_MS - now) / 1000))
+  return Math.max(60, Math.ceil((dayStartOfDay(day) + DAY_KEY_LIFETIME_MS - now) / 1000))
 }
 
 export interface ApplyItem {
@@ -123,7 +122,7 @@ const DAY = /^\d{4}-\d{2}-\d{2}$/
  * part-way fails every decision of its call, although those before it were applied.
  */
 function checkApplyRequest(req: ApplyRequest): void {
-  if (!DAY.test(req.day) || Number.isNaN(dayStartOf(req.day))) throw new TypeError(`day must be YYYY-MM-DD, got "${req.day}"`)
+  if (!DAY.test(req.day) || Number.isNaN(dayStartOfDay(req.day))) throw new TypeError(`day must be YYYY-MM-DD, got "${req.day}"`)
   if (!Number.isSafeInteger(req.now)) throw new TypeError('now must be epoch milliseconds')
   for (const item of req.items) {
     if (!Number.isSafeInteger(item.amount)) throw new TypeError(`amount must be a whole number of micro-units, got ${item.amount}`)
@@ -164,7 +163,7 @@ export class RedisCounterStore {
     if (req.idempotencyKey !== undefined) keys.push(this.keys.idempotency(req.userId, req.idempotencyKey, bucket))
     // decide.lua's JSON items after the first two (see its header): numbers, a mode word and
     // field letters (typed unions), and the member, escaped like any string that came from outside.
-    let words = `"${req.mode}","${req.now}",${dayStartOf(req.day)},"${dayKeyTtlSeconds(req.day, req.now)}",${JSON.stringify(dirtyMember(req.userId, req.day))},"${IDEMPOTENCY_TTL_S}",${req.items.length}`
+    let words = `"${req.mode}","${req.now}",${dayStartOfDay(req.day)},"${dayKeyTtlSeconds(req.day, req.now)}",${JSON.stringify(dirtyMember(req.userId, req.day))},"${IDEMPOTENCY_TTL_S}",${req.items.length}`
     for (const item of req.items) words += `,"${item.field}",${item.amount},${item.limit ?? -1}`
     const decision = {
       bucket,
@@ -231,7 +230,7 @@ export class RedisCounterStore {
           this.keys.dirty(bucket),
           this.keys.epoch(bucket),
           now,
-          dayStartOf(day),
+          dayStartOfDay(day),
           dayKeyTtlSeconds(day, now),
           dirtyMember(userId, day),
           ...fields,

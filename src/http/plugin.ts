@@ -231,34 +231,31 @@ async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): P
     { [GUARD_AMOUNTS]: amounts },
   )
 
-  const refundIfFailed = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+  /**
+   * Settles a guarded request once its status is known: refunds what it consumed when it failed.
+   * Returns a promise only when there is a refund to wait for, so unguarded routes and guarded
+   * requests that succeeded pass the hooks below without one.
+   */
+  const settleGuard = (request: FastifyRequest, reply: FastifyReply): Promise<void> | undefined => {
     const state = guards.get(request)
-    if (!state || state.settled) return
+    if (!state || state.settled) return undefined
     state.settled = true
-    if (reply.statusCode >= 400 && !state.result.degraded) {
-      await usage.refund(state.userId, state.amounts, state.result.day).catch((err: Error) => {
-        request.log.error({ err: err.message }, 'usage refund failed')
-      })
-    }
+    if (reply.statusCode < 400 || state.result.degraded) return undefined
+    return usage.refund(state.userId, state.amounts, state.result.day).catch((err: Error) => {
+      request.log.error({ err: err.message }, 'usage refund failed')
+    })
   }
   // onSend sees the final status (handler answers and thrown errors alike) before the client does;
-  // onResponse covers answers that skipped onSend (aborted connections). Callback-style, so the
-  // requests of unguarded routes, and guarded ones that succeeded, pass through without a promise.
+  // onResponse covers answers that skipped onSend (aborted connections).
   app.addHook('onSend', (request, reply, payload, done) => {
-    const state = guards.get(request)
-    if (!state || state.settled) {
-      done(null, payload)
-    } else if (reply.statusCode < 400) {
-      state.settled = true // the common case: the guarded handler succeeded, nothing to give back
-      done(null, payload)
-    } else {
-      refundIfFailed(request, reply).finally(() => done(null, payload))
-    }
+    const refund = settleGuard(request, reply)
+    if (refund) void refund.then(() => done(null, payload))
+    else done(null, payload)
   })
   app.addHook('onResponse', (request, reply, done) => {
-    const state = guards.get(request)
-    if (!state || state.settled) done()
-    else refundIfFailed(request, reply).finally(() => done())
+    const refund = settleGuard(request, reply)
+    if (refund) void refund.then(() => done())
+    else done()
   })
 
   app.decorate('usage', usage)

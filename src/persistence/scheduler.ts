@@ -13,7 +13,7 @@ import cron from 'node-cron'
 import type { ScheduledTask } from 'node-cron'
 import type { Logger } from 'pino'
 import type { Clock } from '../clock.ts'
-import { previousDay, utcDay } from '../clock.ts'
+import { DAY_MS, dayStartOfDay, previousDay, utcDay } from '../clock.ts'
 import type { Pool } from '../db/client.ts'
 import { PACED } from './flusher.ts'
 import type { Flusher } from './flusher.ts'
@@ -97,7 +97,7 @@ export class Scheduler {
 
     // Paced: every user's first decision of the new day arrives while this runs.
     await this.#o.flusher.flushAll(PACED)
-    const next = utcDay(Date.parse(`${day}T00:00:00Z`) + 86_400_000)
+    const next = utcDay(dayStartOfDay(day) + DAY_MS)
     // The gauge carries over: the new day starts with the closed day's storage.
     const carried = await pool.query(
       `INSERT INTO daily_usage (user_id, date, storage_gb, version, updated_at)

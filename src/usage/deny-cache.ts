@@ -11,6 +11,7 @@
  */
 import { LRUCache } from 'lru-cache'
 import type { MetricName } from '../metrics.ts'
+import type { ConsumeResult } from './types.ts'
 
 export interface Denial {
   tier: string
@@ -22,7 +23,7 @@ export interface Denial {
    * client hammering a denied call gets the same (frozen) answer object, which lets the HTTP layer
    * reuse what it rendered from it too.
    */
-  answer?: { amount: number; result: unknown }
+  answer?: { amount: number; result: ConsumeResult }
 }
 
 export interface DenyCacheOptions {

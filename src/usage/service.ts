@@ -287,7 +287,7 @@ export class UsageService {
     const amount = prepared.micro[0] ?? 0
     const denial = this.#denials.check(userId, day, metric, amount, tier, limits[metric])
     if (!denial) return undefined
-    if (denial.answer?.amount === amount) return denial.answer.result as ConsumeResult
+    if (denial.answer?.amount === amount) return denial.answer.result
     const result: ConsumeResult = Object.freeze({
       allowed: false,
       reason: denialReason(metric),

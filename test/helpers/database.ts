@@ -17,6 +17,17 @@ export interface Teardownable {
   teardown(fn: () => unknown): void
 }
 
+/** A daily_usage row as the tests select it: dates as text, numerics as exact decimal text. */
+export interface DailyUsageRow {
+  user_id: string
+  date: string
+  deployments_created: number
+  api_calls: number
+  compute_hours: string
+  storage_gb: string
+  version: number
+}
+
 export interface TestDatabase {
   /** postgres:// URL of the new database (give it to the service as DATABASE_URL). */
   url: string

@@ -9,6 +9,7 @@
  * - a Postgres error keeps every mark: a later flush with a working pool writes everything.
  */
 import t from 'tap'
+import type { DailyUsageRow } from '../helpers/database.ts'
 import type { Test } from 'tap'
 import { CounterUnavailableError, RedisCounterStore } from '../../src/counters/redis-store.ts'
 import { connectRedis, createRedisClient } from '../../src/counters/redis-client.ts'
@@ -23,14 +24,7 @@ import { TEST_REDIS_URL } from '../helpers/redis.ts'
 import { createUsageHarness, newUserId } from '../helpers/usage.ts'
 import type { UsageHarness } from '../helpers/usage.ts'
 
-interface Row {
-  user_id: string
-  date: string
-  deployments_created: number
-  api_calls: number
-  compute_hours: string
-  storage_gb: string
-  version: number
+interface Row extends DailyUsageRow {
   updated_at: string
 }
 

@@ -11,6 +11,7 @@
 import { Writable } from 'node:stream'
 import { pino } from 'pino'
 import t from 'tap'
+import type { DailyUsageRow } from '../helpers/database.ts'
 import { utcDay } from '../../src/clock.ts'
 import { KeySpace, bucketOf, dirtyMember } from '../../src/counters/keys.ts'
 import { LeaderLock } from '../../src/persistence/leader.ts'
@@ -20,15 +21,7 @@ import { buildTestApp } from '../helpers/app.ts'
 const DAY1 = '2026-11-28'
 const DAY2 = '2026-11-29'
 
-interface Row {
-  user_id: string
-  date: string
-  deployments_created: number
-  api_calls: number
-  compute_hours: string
-  storage_gb: string
-  version: number
-}
+type Row = DailyUsageRow
 
 t.test('midnight: two days, two rows, the day closed once, storage carried over', async (t) => {
   const { app, db, clock, user, prefix } = await buildTestApp(t, { now: `${DAY1}T20:00:00.000Z` })
