@@ -14,15 +14,16 @@ import { loggerOptions } from './logger.ts'
 import { systemClock } from './clock.ts'
 import type { Clock } from './clock.ts'
 import type { Config } from './config.ts'
-import { createRedisClient, connectRedis } from './counters/redis-client.ts'
+import { createRedisClient, connectRedis } from './counters/redis/client.ts'
 import { createPool } from './db/client.ts'
 import type { Pool } from './db/client.ts'
 import auth from './http/auth.ts'
 import { registerErrorHandling } from './http/errors.ts'
 import healthRoutes from './http/routes/health.ts'
 import openapi from './http/openapi.ts'
+import { createQuotaEngine } from './engine.ts'
+import type { QuotaEngineOptions } from './engine.ts'
 import quotaPlugin from './http/plugin.ts'
-import type { QuotaPluginOptions } from './http/plugin.ts'
 import adminRoutes from './http/routes/admin.ts'
 import deployRoutes from './http/routes/deploy.ts'
 import usageRoutes from './http/routes/usage.ts'
@@ -53,8 +54,8 @@ export interface BuildAppOptions {
   redis?: Redis
   /** An existing pool (not ended by the app). @default a new pool on config.databaseUrl */
   pool?: Pool
-  /** Overrides of the quota plugin's options (tests: no scheduler, a shorter flush interval...). */
-  quota?: Partial<Omit<QuotaPluginOptions, 'redis' | 'database'>>
+  /** Overrides of the engine's options (tests: no scheduler, a shorter flush interval...). */
+  quota?: Partial<Omit<QuotaEngineOptions, 'redis' | 'database'>>
 }
 
 function isLoggerInstance(value: unknown): value is FastifyBaseLogger {
@@ -111,6 +112,26 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   app.decorate('redis', redis)
   app.decorate('clock', options.clock ?? systemClock)
 
+  // Registered after the hook above, so it runs before it on close: the final flush still has
+  // its connections.
+  const engine = await createQuotaEngine({
+    redis,
+    database: pool,
+    databaseUrl: config.databaseUrl,
+    prefix: config.redisKeyPrefix,
+    defaultTier: config.defaultTier,
+    failMode: config.usageFailMode,
+    commandTimeoutMs: config.redisCommandTimeoutMs,
+    flushIntervalMs: config.flushIntervalMs,
+    clock: app.clock,
+    logger: app.log,
+    ...options.quota,
+  }).catch(async (err: unknown) => {
+    await app.close()
+    throw err
+  })
+  app.addHook('onClose', () => engine.close())
+
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id)
   })
@@ -121,23 +142,12 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   app.removeContentTypeParser('text/plain')
   // A JSON API renders nothing, so no CSP; the other headers (nosniff, frame-ancestors...) stay.
   await app.register(helmet, { global: true, contentSecurityPolicy: false })
-  await app.register(auth, { config, pool })
+  await app.register(auth, { config, provisionUser: (id, username) => engine.limits.provisionUser(id, username) })
   await app.register(openapi)
-  await app.register(healthRoutes, { redis, pool })
+  await app.register(healthRoutes, { pingCounters: () => engine.store.ping(), pool })
 
   // ---- usage plugin and routes are registered here ----
-  await app.register(quotaPlugin, {
-    redis,
-    database: pool,
-    databaseUrl: config.databaseUrl,
-    prefix: config.redisKeyPrefix,
-    defaultTier: config.defaultTier,
-    failMode: config.usageFailMode,
-    commandTimeoutMs: config.redisCommandTimeoutMs,
-    flushIntervalMs: config.flushIntervalMs,
-    clock: app.clock,
-    ...options.quota,
-  })
+  await app.register(quotaPlugin, { engine })
   await app.register(usageRoutes, { prefix: '/api/usage' })
   await app.register(adminRoutes, { prefix: '/api/usage/admin' })
   if (config.demoRoutes) await app.register(deployRoutes)

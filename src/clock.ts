@@ -59,7 +59,7 @@ let cachedParsedDay = ''
 let cachedParsedStart = Number.NaN
 
 /** Start (ms) of a UTC day given as `YYYY-MM-DD`. */
-export function dayStartOfDay(day: string): number {
+export function startOfUtcDay(day: string): number {
   if (day !== cachedParsedDay) {
     cachedParsedStart = Date.parse(`${day}T00:00:00Z`)
     cachedParsedDay = day
@@ -84,7 +84,7 @@ export function secondsToMidnight(ms: number): number {
 
 /** The UTC day before `day` (`YYYY-MM-DD`). */
 export function previousDay(day: string): string {
-  return utcDay(dayStartOfDay(day) - DAY_MS)
+  return utcDay(startOfUtcDay(day) - DAY_MS)
 }
 
 export { DAY_MS }

@@ -5,7 +5,7 @@
  */
 import type { Logger } from 'pino'
 import type { Config } from './config.ts'
-import { createRedisClient, connectRedis, redactUrl } from './counters/redis-client.ts'
+import { createRedisClient, connectRedis, redactUrl } from './counters/redis/client.ts'
 import { createPool, ensureDatabase } from './db/client.ts'
 import { migrate } from './db/migrate.ts'
 

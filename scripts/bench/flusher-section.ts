@@ -2,8 +2,8 @@
  * Flusher benchmark: `users` dirty user-days in Redis (users present in `users`), then one
  * flushAll into daily_usage, timed.
  */
-import { connectRedis, createRedisClient } from '../../src/counters/redis-client.ts'
-import { RedisCounterStore } from '../../src/counters/redis-store.ts'
+import { connectRedis, createRedisClient } from '../../src/counters/redis/client.ts'
+import { RedisCounterStore } from '../../src/counters/redis/redis-store.ts'
 import { createPool } from '../../src/db/client.ts'
 import { Flusher } from '../../src/persistence/flusher.ts'
 import { benchUserId } from './env.ts'
@@ -21,7 +21,7 @@ export async function runFlusherBench(env: BenchEnv, users: number) {
   await Promise.all(Array.from({ length: 500 }, async () => {
     while (next < ids.length) {
       const userId = ids[next++] as string
-      await store.apply({ mode: 'increment', userId, day: '2026-11-28', now, items: [{ field: 'a', amount: 3_000_000, limit: null }, { field: 'c', amount: 250_000, limit: null }] })
+      await store.decide({ mode: 'increment', userId, day: '2026-11-28', now, metrics: [{ metric: 'api_calls', amount: 3_000_000, limit: null }, { metric: 'compute_hours', amount: 250_000, limit: null }] })
     }
   }))
   const flusher = new Flusher({ store, pool })

@@ -12,10 +12,6 @@
  * user-day (one more increment each) and measure updates, the steady state. Exactness is checked
  * after every run: daily_usage must hold exactly what Redis holds for every user.
  *
- * --lua-read swaps RedisCounterStore.readDirty for a prototype (below, in this file) that reads each
- * bucket's day hashes with one script call returning one string, instead of one HMGET reply per
- * user-day: what a change of src/counters/redis-store.ts would gain.
- *
  * The store's Redis client is built like the service's (createRedisClient), with the service's
  * default command timeout of 250 ms unless --redis-timeout says otherwise: the flusher shares the
  * decisions' connection in the service, so the bench does too.
@@ -23,10 +19,9 @@
 import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { connectRedis, createRedisClient } from '../../src/counters/redis-client.ts'
-import { CounterUnavailableError, RedisCounterStore } from '../../src/counters/redis-store.ts'
-import type { DirtyEntry, Field } from '../../src/counters/redis-store.ts'
-import { BUCKETS, parseDirtyMember } from '../../src/counters/keys.ts'
+import { connectRedis, createRedisClient } from '../../src/counters/redis/client.ts'
+import { RedisCounterStore } from '../../src/counters/redis/redis-store.ts'
+import type { MetricAmount } from '../../src/counters/store.ts'
 import { createPool, ensureDatabase } from '../../src/db/client.ts'
 import { migrate } from '../../src/db/migrate.ts'
 import { Flusher } from '../../src/persistence/flusher.ts'
@@ -41,7 +36,6 @@ const { values } = parseArgs({
     concurrency: { type: 'string', default: '' },
     runs: { type: 'string', default: '3' },
     'redis-timeout': { type: 'string', default: '250' },
-    'lua-read': { type: 'boolean', default: false },
   },
 })
 const USERS = Number(values.users)
@@ -75,58 +69,6 @@ function processTreeCpu(rootPid: number): number {
   return ticks / TICKS
 }
 
-/** HMGET of every KEYS[i] (day hashes of one bucket), returned as one "d,a,c,s,v;..." string. */
-const READ_DAYS_LUA = `
-local out = {}
-for i = 1, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 'd', 'a', 'c', 's', 'v')
-  out[i] = (v[1] or '') .. ',' .. (v[2] or '') .. ',' .. (v[3] or '') .. ',' .. (v[4] or '') .. ',' .. (v[5] or '')
-end
-return table.concat(out, ';')`
-
-type ReadDays = { benchReadDays(numKeys: number, ...keys: string[]): Promise<string> }
-
-/** The prototype: same entries as readDirty, two round trips, one string per bucket. */
-class LuaReadStore extends RedisCounterStore {
-  override async readDirty(maxPerBucket: number): Promise<DirtyEntry[]> {
-    try {
-      return await this.#read(maxPerBucket)
-    } catch (err) {
-      throw new CounterUnavailableError(`redis unavailable: ${(err as Error).message}`, { cause: err })
-    }
-  }
-
-  async #read(maxPerBucket: number): Promise<DirtyEntry[]> {
-    const redis = this.redis as unknown as ReadDays & typeof this.redis
-    if (!('benchReadDays' in redis)) this.redis.defineCommand('benchReadDays', { lua: READ_DAYS_LUA })
-    const ranges = this.redis.pipeline()
-    for (let b = 0; b < BUCKETS; b++) ranges.zrange(this.keys.dirty(b), '0', String(maxPerBucket - 1), 'WITHSCORES')
-    const replies = (await ranges.exec()) ?? []
-    const perBucket = replies.map(([err, raw], bucket) => {
-      if (err) throw err
-      const flat = raw as string[]
-      const members: Omit<DirtyEntry, 'values'>[] = []
-      for (let i = 0; i < flat.length; i += 2) {
-        const member = flat[i] as string
-        members.push({ bucket, member, ...parseDirtyMember(member), since: Number(flat[i + 1]) })
-      }
-      return members
-    })
-    const reads = await Promise.all(perBucket.map((members) => members.length === 0
-      ? Promise.resolve('')
-      : redis.benchReadDays(members.length, ...members.map((m) => this.keys.day(m.userId, m.day, m.bucket)))))
-    const out: DirtyEntry[] = []
-    perBucket.forEach((members, b) => {
-      if (members.length === 0) return
-      const records = (reads[b] as string).split(';')
-      members.forEach((m, i) => {
-        const [d, a, c, s, v] = (records[i] as string).split(',')
-        out.push({ ...m, values: v ? { d: Number(d || 0), a: Number(a || 0), c: Number(c || 0), s: Number(s || 0), v: Number(v) } : null })
-      })
-    })
-    return out
-  }
-}
 
 async function main(): Promise<void> {
   const redisServer = await startRedisServer(t)
@@ -162,17 +104,17 @@ async function main(): Promise<void> {
   await connectRedis(loader, redisServer.url)
   cleanups.unshift(async () => loader.disconnect())
   const writer = new RedisCounterStore(loader, { prefix: 'flushbench:' })
-  const store = values['lua-read'] ? new LuaReadStore(redis, { prefix: 'flushbench:' }) : new RedisCounterStore(redis, { prefix: 'flushbench:' })
-  const items: { field: Field; amount: number; limit: null }[] = [
-    { field: 'a', amount: 3_000_000, limit: null },
-    { field: 'c', amount: 250_000, limit: null },
+  const store = new RedisCounterStore(redis, { prefix: 'flushbench:' })
+  const metrics: MetricAmount[] = [
+    { metric: 'api_calls', amount: 3_000_000, limit: null },
+    { metric: 'compute_hours', amount: 250_000, limit: null },
   ]
   const dirty = async (): Promise<void> => {
     let next = 0
     await Promise.all(Array.from({ length: 64 }, async () => {
       while (next < ids.length) {
         const userId = ids[next++] as string
-        await writer.apply({ mode: 'increment', userId, day: DAY, now: NOW, items })
+        await writer.decide({ mode: 'increment', userId, day: DAY, now: NOW, metrics })
       }
     }))
   }
@@ -195,7 +137,7 @@ async function main(): Promise<void> {
     }
   }
   store.readDirty = wrap(store.readDirty.bind(store), 'read')
-  store.ack = wrap(store.ack.bind(store), 'ack')
+  store.acknowledge = wrap(store.acknowledge.bind(store), 'ack')
   const query = pool.query.bind(pool) as (...a: unknown[]) => Promise<unknown>
   ;(pool as unknown as { query: typeof query }).query = wrap(query, 'write')
 
@@ -206,8 +148,7 @@ async function main(): Promise<void> {
     ...(values.concurrency ? { writeConcurrency: Number(values.concurrency) } : {}),
   })
   console.log(`flusher: batch size ${flusher.batchSize}, per bucket ${flusher.perBucket} (x64 buckets per pass), ` +
-    `redis command timeout ${values['redis-timeout']} ms, postgres fsync=off, ` +
-    `read: ${values['lua-read'] ? 'prototype Lua read (--lua-read)' : 'RedisCounterStore.readDirty'}`)
+    `redis command timeout ${values['redis-timeout']} ms, postgres fsync=off`)
 
   for (let run = 1; run <= RUNS; run++) {
     t0 = performance.now()

@@ -12,7 +12,7 @@ import rateLimit from '@fastify/rate-limit'
 import Fastify from 'fastify'
 import { Redis } from 'ioredis'
 import { RateLimiterRedis } from 'rate-limiter-flexible'
-import { createRedisClient, connectRedis } from '../../src/counters/redis-client.ts'
+import { createRedisClient, connectRedis } from '../../src/counters/redis/client.ts'
 import quota from '../../src/http/plugin.ts'
 
 const env = (name: string): string => {

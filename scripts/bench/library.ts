@@ -3,15 +3,12 @@
  * quota's `usage.consume` against rate-limiter-flexible's `RateLimiterRedis.consume`, in
  * interleaved rounds; plus the Node CPU µs and Redis CPU µs each decision costs.
  */
+import { createQuotaEngine } from '../../src/engine.ts'
 import { Redis } from 'ioredis'
 import { RateLimiterRedis } from 'rate-limiter-flexible'
 import { systemClock } from '../../src/clock.ts'
-import { ServerClock, connectRedis, createRedisClient } from '../../src/counters/redis-client.ts'
-import { RedisCounterStore } from '../../src/counters/redis-store.ts'
+import { connectRedis, createRedisClient } from '../../src/counters/redis/client.ts'
 import { createPool } from '../../src/db/client.ts'
-import { loadSeedState } from '../../src/db/daily-usage.ts'
-import { LimitsCache } from '../../src/limits/limits-cache.ts'
-import { UsageService } from '../../src/usage/service.ts'
 import { median, redisCounters } from './env.ts'
 import type { BenchEnv } from './env.ts'
 
@@ -47,12 +44,12 @@ export async function runLibrary(env: BenchEnv, options: LibraryOptions) {
   const pool = createPool(env.db.url)
   const redis = createRedisClient({ url: env.redis.url, commandTimeoutMs: 5000, connectionName: 'bench-quota' })
   await connectRedis(redis, env.redis.url)
-  const store = new RedisCounterStore(redis, { prefix: env.prefix, loader: (u, d) => loadSeedState(pool, u, d) })
-  const limits = new LimitsCache({ pool, databaseUrl: env.db.url })
-  await limits.start()
-  const serverClock = new ServerClock(redis)
-  await serverClock.sync()
-  const usage = new UsageService({ store, limits, clock: systemClock, failMode: 'closed', commandTimeoutMs: 5000, serverClock, pool })
+  // The engine as production wires it, without the flusher's timer and the scheduler.
+  const engine = await createQuotaEngine({
+    redis, database: pool, databaseUrl: env.db.url, prefix: env.prefix, clock: systemClock, commandTimeoutMs: 5000,
+    flush: false, scheduler: false, checkRedisSettings: false,
+  })
+  const { usage } = engine
   const peerRedis = new Redis(env.redis.url)
   const rlf = new RateLimiterRedis({ storeClient: peerRedis, keyPrefix: `${env.prefix}rlf`, points: 2_000_000_000, duration: 86_400 })
   const stats = new Redis(env.redis.url)
@@ -84,7 +81,7 @@ export async function runLibrary(env: BenchEnv, options: LibraryOptions) {
       }
     }
   } finally {
-    await limits.stop()
+    await engine.close()
     redis.disconnect()
     peerRedis.disconnect()
     stats.disconnect()

@@ -1,6 +1,6 @@
 /**
  * Redis memory per active user-day: creates N user-days (default 100k) on a throwaway
- * redis-server through RedisCounterStore.apply (a consume of the 3 daily metrics + storage, so each
+ * redis-server through RedisCounterStore.decide (a consume of the 3 daily metrics + storage, so each
  * user-day has its day hash, its gauge key and a dirty-set member), and compares INFO memory
  * used_memory before and after. Also prints MEMORY USAGE of one day hash, one gauge and the dirty
  * sets, and the memory once the dirty sets are drained (what a flushed steady state keeps).
@@ -11,8 +11,8 @@ import { randomUUID } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import { utcDay } from '../../src/clock.ts'
-import { BUCKETS } from '../../src/counters/keys.ts'
-import { RedisCounterStore } from '../../src/counters/redis-store.ts'
+import { BUCKETS } from '../../src/counters/redis/keys.ts'
+import { RedisCounterStore } from '../../src/counters/redis/redis-store.ts'
 import { startRedisServer } from '../../test/helpers/redis-server.ts'
 
 const { values } = parseArgs({
@@ -33,13 +33,13 @@ try {
   const usedMemory = async (): Promise<number> => Number(/used_memory:(\d+)/.exec(await redis.info('memory'))?.[1])
   const now = Date.now()
   const day = utcDay(now)
-  const consume = (userId: string) => store.apply({
+  const consume = (userId: string) => store.decide({
     mode: 'consume', userId, day, now,
-    items: [
-      { field: 'd', amount: 1_000_000, limit: 50_000_000 },
-      { field: 'a', amount: 17_000_000, limit: 50_000_000_000 },
-      { field: 'c', amount: 1_250_000, limit: 100_000_000 },
-      { field: 's', amount: 2_500_000, limit: 100_000_000 },
+    metrics: [
+      { metric: 'deployments', amount: 1_000_000, limit: 50_000_000 },
+      { metric: 'api_calls', amount: 17_000_000, limit: 50_000_000_000 },
+      { metric: 'compute_hours', amount: 1_250_000, limit: 100_000_000 },
+      { metric: 'storage', amount: 2_500_000, limit: 100_000_000 },
     ],
   })
 

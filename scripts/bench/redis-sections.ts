@@ -4,15 +4,13 @@
  * - midnight: decision latency while the leader closes the day (flushing every user-day to
  *   Postgres) right after 00:00Z, against the same stream just before midnight.
  */
+import { RedisCounterStore } from '../../src/counters/redis/redis-store.ts'
+import { createQuotaEngine } from '../../src/engine.ts'
 import type { Redis } from 'ioredis'
 import { ManualClock } from '../../src/clock.ts'
-import { ServerClock, connectRedis, createRedisClient } from '../../src/counters/redis-client.ts'
-import { RedisCounterStore } from '../../src/counters/redis-store.ts'
+import { connectRedis, createRedisClient } from '../../src/counters/redis/client.ts'
 import { createPool } from '../../src/db/client.ts'
-import { LimitsCache } from '../../src/limits/limits-cache.ts'
-import { Flusher } from '../../src/persistence/flusher.ts'
 import { Scheduler } from '../../src/persistence/scheduler.ts'
-import { UsageService } from '../../src/usage/service.ts'
 import { benchUserId, percentile } from './env.ts'
 import type { BenchEnv } from './env.ts'
 
@@ -36,13 +34,13 @@ export async function runMemory(env: BenchEnv, users: number) {
   const ids = Array.from({ length: users }, (_, i) => benchUserId(3, i))
   const now = Date.parse('2026-11-28T12:00:00Z')
   const before = await usedMemory(redis)
-  await bounded(ids, 500, (userId) => store.apply({
+  await bounded(ids, 500, (userId) => store.decide({
     mode: 'increment', userId, day: '2026-11-28', now,
-    items: [
-      { field: 'd', amount: 1_000_000, limit: null },
-      { field: 'a', amount: 25_000_000, limit: null },
-      { field: 'c', amount: 1_500_000, limit: null },
-      { field: 's', amount: 2_250_000, limit: null },
+    metrics: [
+      { metric: 'deployments', amount: 1_000_000, limit: null },
+      { metric: 'api_calls', amount: 25_000_000, limit: null },
+      { metric: 'compute_hours', amount: 1_500_000, limit: null },
+      { metric: 'storage', amount: 2_250_000, limit: null },
     ],
   }))
   const after = await usedMemory(redis)
@@ -60,17 +58,13 @@ export async function runMidnight(env: BenchEnv, users: number, streamS: number)
   const redis = createRedisClient({ url: env.redis.url, commandTimeoutMs: 5000 })
   await connectRedis(redis, env.redis.url)
   const prefix = 'midnight:'
-  const store = new RedisCounterStore(redis, { prefix })
   const clock = new ManualClock('2026-11-28T23:59:00.000Z')
-  const limits = new LimitsCache({ pool, databaseUrl: env.db.url })
-  await limits.start()
-  const serverClock = new ServerClock(redis)
-  await serverClock.sync()
-  // As the plugin wires it: the flusher on its own connection, with a long timeout.
-  const flushRedis = redis.duplicate({ commandTimeout: 10_000 })
-  await connectRedis(flushRedis, env.redis.url)
-  const flusher = new Flusher({ store: new RedisCounterStore(flushRedis, { prefix }), pool })
-  const usage = new UsageService({ store, limits, clock, failMode: 'closed', commandTimeoutMs: 5000, serverClock, pool })
+  // As production wires it (the flusher on its own connection); the close is driven from here.
+  const engine = await createQuotaEngine({
+    redis, database: pool, databaseUrl: env.db.url, prefix, clock, commandTimeoutMs: 5000,
+    flush: false, scheduler: false, checkRedisSettings: false,
+  })
+  const { usage, flusher } = engine
   const scheduler = new Scheduler({ pool, flusher, clock, isLeader: () => true })
   // Every user active on the closing day, so the snapshot has `users` rows to flush.
   await bounded(ids, 500, (u) => usage.consume(u, { api_calls: 1, deployments: 1 }))
@@ -94,9 +88,8 @@ export async function runMidnight(env: BenchEnv, users: number, streamS: number)
   const t0 = performance.now()
   const [close, during] = await Promise.all([scheduler.closeDay('2026-11-28'), stream(streamS)])
   const closeMs = performance.now() - t0
-  await limits.stop()
+  await engine.close()
   redis.disconnect()
-  flushRedis.disconnect()
   await pool.end()
   return {
     users,

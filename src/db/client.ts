@@ -6,6 +6,8 @@ import pg from 'pg'
 import type { Logger } from 'pino'
 
 export type Pool = pg.Pool
+/** A standalone connection (LISTEN, advisory locks). */
+export type Client = pg.Client
 export type PoolClient = pg.PoolClient
 
 // Dates stay 'YYYY-MM-DD' strings and numerics stay exact decimal text: no JS Date or float rounding.
@@ -38,7 +40,7 @@ export function createPool(databaseUrl: string, options: PoolOptions = {}): Pool
 }
 
 /** A standalone client (LISTEN, advisory locks) with its error listener attached. */
-export function createClient(databaseUrl: string, onError: (err: Error) => void): pg.Client {
+export function createClient(databaseUrl: string, onError: (err: Error) => void): Client {
   const client = new pg.Client({ connectionString: databaseUrl, options: '-c timezone=UTC', application_name: 'quota' })
   client.on('error', onError)
   return client

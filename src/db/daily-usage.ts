@@ -3,20 +3,28 @@
  * values guarded by the Redis version they came from, so a repeated, late or overlapping flush
  * can never double-count nor move a row backwards.
  */
-import type { SeedState } from '../counters/redis-store.ts'
 import { SCALE, decimalTextToMicro, microToDecimalText } from '../metrics.ts'
-import type { MetricDefinition } from '../metrics.ts'
+import type { MetricDefinition, MetricName } from '../metrics.ts'
 import type { Pool } from './client.ts'
 
-/** One user-day's totals in micro-units, with the version of the Redis state they were read from. */
+/** Micro-units per metric (storage: the gauge's value that day). */
+export type UsageCounts = Record<MetricName, number>
+
+/** One user-day's totals, with the version of the counter state they were read from. */
 export interface DayTotals {
   userId: string
   day: string
-  d: number
-  a: number
-  c: number
-  s: number
+  counts: UsageCounts
   version: number
+}
+
+/** A user-day as recorded, plus the latest storage gauge: what a counter store that lost it is rebuilt from. */
+export interface RecordedUserDay {
+  counts: UsageCounts
+  /** The row's version (0 without a row). */
+  version: number
+  /** The latest storage_gb recorded up to that day. */
+  gauge: number
 }
 
 interface SeedRow {
@@ -28,8 +36,8 @@ interface SeedRow {
   gauge: string | null
 }
 
-/** A user-day as Postgres has it, plus the latest storage gauge, to rebuild Redis after data loss. */
-export async function loadSeedState(pool: Pool, userId: string, day: string): Promise<SeedState> {
+/** A user-day as Postgres has it, plus the latest storage gauge, to rebuild counters after data loss. */
+export async function loadRecordedUserDay(pool: Pool, userId: string, day: string): Promise<RecordedUserDay> {
   const { rows } = await pool.query<SeedRow>(
     `SELECT t.deployments_created, t.api_calls, t.compute_hours::text AS compute_hours,
             t.storage_gb::text AS storage_gb, t.version, g.storage_gb::text AS gauge
@@ -43,10 +51,12 @@ export async function loadSeedState(pool: Pool, userId: string, day: string): Pr
   const row = rows[0]
   const gauge = row?.gauge ? decimalTextToMicro(row.gauge) : 0
   return {
-    d: (row?.deployments_created ?? 0) * SCALE,
-    a: (row?.api_calls ?? 0) * SCALE,
-    c: row?.compute_hours ? decimalTextToMicro(row.compute_hours) : 0,
-    s: row?.storage_gb ? decimalTextToMicro(row.storage_gb) : gauge,
+    counts: {
+      deployments: (row?.deployments_created ?? 0) * SCALE,
+      api_calls: (row?.api_calls ?? 0) * SCALE,
+      compute_hours: row?.compute_hours ? decimalTextToMicro(row.compute_hours) : 0,
+      storage: row?.storage_gb ? decimalTextToMicro(row.storage_gb) : gauge,
+    },
     version: row?.version ?? 0,
     gauge,
   }
@@ -75,10 +85,10 @@ async function insertTotals(pool: Pool, rows: readonly DayTotals[]): Promise<num
   for (const r of rows) {
     ids.push(r.userId)
     days.push(r.day)
-    dep.push(Math.round(r.d / SCALE))
-    api.push(Math.round(r.a / SCALE))
-    compute.push(microToDecimalText(r.c))
-    storage.push(microToDecimalText(r.s))
+    dep.push(Math.round(r.counts.deployments / SCALE))
+    api.push(Math.round(r.counts.api_calls / SCALE))
+    compute.push(microToDecimalText(r.counts.compute_hours))
+    storage.push(microToDecimalText(r.counts.storage))
     versions.push(r.version)
   }
   const result = await pool.query(UPSERT_TOTALS, [ids, days, dep, api, compute, storage, versions])
@@ -172,4 +182,24 @@ export async function zeroColumns(
 export async function activeUserIds(pool: Pool, day: string): Promise<string[]> {
   const { rows } = await pool.query<{ user_id: string }>('SELECT user_id::text FROM daily_usage WHERE date = $1', [day])
   return rows.map((r) => r.user_id)
+}
+
+/**
+ * The midnight carry-over: the storage gauge continues into `nextDay` (a row holding the closed
+ * day's storage, unless the new day already has one). Returns the rows created.
+ */
+export async function carryStorageForward(pool: Pool, day: string, nextDay: string): Promise<number> {
+  const result = await pool.query(
+    `INSERT INTO daily_usage (user_id, date, storage_gb, version, updated_at)
+     SELECT user_id, $2::date, storage_gb, 0, now() FROM daily_usage WHERE date = $1 AND storage_gb > 0
+     ON CONFLICT (user_id, date) DO NOTHING`,
+    [day, nextDay],
+  )
+  return result.rowCount ?? 0
+}
+
+/** Rows (users) recorded for `day`. */
+export async function countUsersOfDay(pool: Pool, day: string): Promise<number> {
+  const { rows } = await pool.query<{ n: number }>('SELECT count(*)::int AS n FROM daily_usage WHERE date = $1', [day])
+  return rows[0]?.n ?? 0
 }

@@ -1,11 +1,11 @@
 /**
- * Queries on `users` and `usage_limits` (DESIGN.md 1.4, 1.6, 1.7). Plain SQL on the service's pool;
- * every write that can race (two first requests of one user, two replicas) relies on
- * ON CONFLICT instead of read-then-write.
+ * Queries on `users`: provisioning on first sight, lookups, tier changes. Every write that can
+ * race (two first requests of one user, two replicas) relies on ON CONFLICT instead of
+ * read-then-write.
  */
 import { isUuid } from '../ids.ts'
 import type { Pool } from './client.ts'
-import { UnknownTierError } from '../usage/errors.ts'
+import { UnknownTierError, pgCode, pgConstraint } from './errors.ts'
 
 export interface UserRow {
   id: string
@@ -20,15 +20,6 @@ export interface EnsureUserInput {
   username?: string | undefined
   /** Tier of a user first seen (DEFAULT_TIER). */
   defaultTier: string
-}
-
-
-function pgCode(err: unknown): string | undefined {
-  return (err as { code?: string } | null)?.code
-}
-
-function pgConstraint(err: unknown): string | undefined {
-  return (err as { constraint?: string } | null)?.constraint
 }
 
 async function insertIfAbsent(pool: Pool, id: string, username: string, tier: string): Promise<UserRow | undefined> {
@@ -94,53 +85,4 @@ export async function setUserTier(pool: Pool, id: string, tier: string): Promise
     if (pgCode(err) === '23503' && pgConstraint(err) === 'users_tier_fkey') throw new UnknownTierError(tier)
     throw err
   }
-}
-
-/** A row of usage_limits as stored: integers as numbers, numerics as exact decimal text, NULL = unlimited. */
-export interface TierLimitsRow {
-  tier: string
-  max_deployments_per_day: number | null
-  max_api_calls_per_day: number | null
-  max_compute_hours_per_day: string | null
-  max_storage_gb: string | null
-}
-
-export type LimitColumn = Exclude<keyof TierLimitsRow, 'tier'>
-
-const LIMIT_COLUMNS: readonly LimitColumn[] = [
-  'max_deployments_per_day', 'max_api_calls_per_day', 'max_compute_hours_per_day', 'max_storage_gb',
-]
-
-const SELECT_LIMITS = `SELECT tier, ${LIMIT_COLUMNS.join(', ')} FROM usage_limits`
-
-/** Every tier's limits, ordered by tier name. */
-export async function listLimits(pool: Pool): Promise<TierLimitsRow[]> {
-  const { rows } = await pool.query<TierLimitsRow>(`${SELECT_LIMITS} ORDER BY tier`)
-  return rows
-}
-
-/**
- * Updates some limits of an existing tier (`null` = unlimited; absent = unchanged). Values are
- * passed as text so numerics stay exact. Throws UnknownTierError when the tier does not exist.
- */
-export async function updateLimits(
-  pool: Pool,
-  tier: string,
-  limits: Partial<Record<LimitColumn, number | string | null>>,
-): Promise<TierLimitsRow> {
-  const columns = LIMIT_COLUMNS.filter((c) => limits[c] !== undefined)
-  const values = columns.map((c) => {
-    const v = limits[c]
-    return v === null || v === undefined ? null : String(v)
-  })
-  const sets = columns.map((c, i) => `${c} = $${i + 2}`)
-  // Touch updated_at even for an empty change, so the row is returned (and the NOTIFY fires).
-  sets.push('updated_at = now()')
-  const { rows } = await pool.query<TierLimitsRow>(
-    `UPDATE usage_limits SET ${sets.join(', ')} WHERE tier = $1 RETURNING tier, ${LIMIT_COLUMNS.join(', ')}`,
-    [tier, ...values],
-  )
-  const row = rows[0]
-  if (!row) throw new UnknownTierError(tier)
-  return row
 }

@@ -17,8 +17,6 @@ import fp from 'fastify-plugin'
 import type { Algorithm, TokenValidationErrorCode } from 'fast-jwt'
 import { LRUCache } from 'lru-cache'
 import type { Config } from '../config.ts'
-import type { Pool } from '../db/client.ts'
-import { ensureUser } from '../db/users.ts'
 import { isUuid } from '../ids.ts'
 import { HttpError } from './errors.ts'
 
@@ -63,7 +61,8 @@ declare module 'fastify' {
 
 export interface AuthPluginOptions {
   config: Config
-  pool: Pool
+  /** The user of a token's `sub`, created on first sight (the limits cache does it, in one place). */
+  provisionUser: (id: string, username: string | undefined) => Promise<{ username: string }>
   /** Provisioned users remembered per process. @default 100000 */
   userCacheSize?: number
   /**
@@ -151,7 +150,7 @@ function isAdmin(claims: TokenClaims): boolean {
 }
 
 async function authPlugin(app: FastifyInstance, options: AuthPluginOptions): Promise<void> {
-  const { config, pool } = options
+  const { config, provisionUser } = options
   const algorithms = algorithmsFor(config)
   const secret = config.jwt.publicKey ? { public: config.jwt.publicKey } : config.jwt.secret
   if (!secret) throw new Error('auth: config.jwt has neither a secret nor a public key')
@@ -167,7 +166,7 @@ async function authPlugin(app: FastifyInstance, options: AuthPluginOptions): Pro
     max: options.userCacheSize ?? 100_000,
     ttl: options.userCacheTtlMs ?? 900_000,
     fetchMethod: async (id, _stale, { context }) => {
-      const row = await ensureUser(pool, { id, username: context.username, defaultTier: config.defaultTier })
+      const row = await provisionUser(id, context.username)
       return { username: row.username }
     },
   })

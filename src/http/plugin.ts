@@ -2,80 +2,39 @@
  * The quota Fastify plugin (DESIGN 1.9), shaped like @fastify/rate-limit: options validated once at
  * registration; decorators `usage` and `requireUsageLimit`; an onRoute hook that turns a route's
  * `config.usage` into the same guard, so routes without it pay nothing and a bad value fails at
- * start-up. It also runs, per process, the tier cache (LISTEN), the flusher, and — on the leader
- * only — the midnight job.
+ * start-up; refunds when a guarded handler fails. Everything behind it — store, limits, flusher,
+ * midnight job — is the engine (createQuotaEngine), built here unless one is passed in.
  */
 import type {
   FastifyInstance, FastifyReply, FastifyRequest, onRouteHookHandler, preHandlerAsyncHookHandler,
 } from 'fastify'
 import fp from 'fastify-plugin'
-import type { Redis } from 'ioredis'
-import { systemClock } from '../clock.ts'
-import type { Clock } from '../clock.ts'
-import type { FailMode } from '../config.ts'
-import { ServerClock } from '../counters/redis-client.ts'
-import { warnAboutRedisDurability } from '../counters/redis-checks.ts'
-import { RedisCounterStore } from '../counters/redis-store.ts'
-import { createPool } from '../db/client.ts'
-import type { Pool } from '../db/client.ts'
-import { loadSeedState } from '../db/daily-usage.ts'
-import { LimitsCache } from '../limits/limits-cache.ts'
+import { createQuotaEngine } from '../engine.ts'
+import type { QuotaEngine, QuotaEngineOptions } from '../engine.ts'
 import { METRIC_NAMES, fromMicro, isMetricName, toMicro } from '../metrics.ts'
 import type { MetricName } from '../metrics.ts'
-import { Flusher } from '../persistence/flusher.ts'
-import { LeaderLock } from '../persistence/leader.ts'
-import { Scheduler } from '../persistence/scheduler.ts'
-import { UsageService } from '../usage/service.ts'
+import type { UsageService } from '../usage/service.ts'
 import type { Amounts, ConsumeResult } from '../usage/types.ts'
 import { HttpError } from './errors.ts'
 import { rateLimitHeaders, sendLimitExceeded } from './limit-response.ts'
 
-export interface QuotaPluginOptions {
-  /** ioredis client for decisions (use createRedisClient: bounded timeouts, no offline queue). */
-  redis: Redis
-  /** A pg Pool, or a connection string (a pool is then created and closed with the app). */
-  database: Pool | string
-  /** Connection string for the LISTEN and leader-lock connections. @default the pool's connectionString */
-  databaseUrl?: string
-  /** Prefix of every Redis key. @default 'quota:' */
-  prefix?: string
-  /** Tier of users first seen. @default 'free' */
-  defaultTier?: string
-  /** When Redis cannot be reached: `closed` = 503, `open` = allow and log. @default 'closed' */
-  failMode?: FailMode
-  /** Longest a decision waits for Redis, ms; must match the client's commandTimeout. @default 250 */
-  commandTimeoutMs?: number
-  /** Redis -> Postgres flush period, ms. @default 1000 */
-  flushIntervalMs?: number
-  /** Source of "now" for usage days. @default the system clock */
-  clock?: Clock
-  /** Run the flusher in this process. @default true */
-  flush?: boolean
-  /** Take part in the leader election that runs the midnight job. @default true */
-  scheduler?: boolean
+/**
+ * Either a running engine (`engine`, closed by its owner) or the options to build one (`redis`,
+ * `database`, ...; closed with the app).
+ */
+export type QuotaPluginOptions = (Partial<QuotaEngineOptions> & { engine: QuotaEngine } | QuotaEngineOptions) & {
   /** Who spends: the authenticated user's id. @default request.user.id */
   userId?: (request: FastifyRequest) => string | undefined
-  /** Check Redis' eviction and persistence settings at start and warn. @default true */
-  checkRedisSettings?: boolean
-}
-
-export interface QuotaInternals {
-  store: RedisCounterStore
-  limits: LimitsCache
-  flusher: Flusher
-  leader: LeaderLock | undefined
-  scheduler: Scheduler | undefined
-  serverClock: ServerClock
 }
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** The usage service: checkLimit, consume, incrementUsage, refund, status, reset. */
+    /** The usage service: checkLimit, consume, incrementUsage, refund, status. */
     usage: UsageService
     /** preHandler: atomically consumes `amount` of `metric` before the handler; refunds when it fails. */
     requireUsageLimit(metric: MetricName, amount?: number): preHandlerAsyncHookHandler
-    /** The parts behind `usage`, for operations (readiness, flush lag) and tests. */
-    quota: QuotaInternals
+    /** The engine behind `usage`: admin service, flusher, limits, store — for operations and tests. */
+    quota: QuotaEngine
   }
   interface FastifyContextConfig {
     /** Amounts this route consumes per request, e.g. `{ compute_hours: 0.5 }`. */
@@ -89,11 +48,6 @@ interface GuardState {
   result: ConsumeResult
   settled: boolean
 }
-
-/** Longest the final flush may take at shutdown (SIGTERM must end within 10 s). */
-const FINAL_FLUSH_BUDGET_MS = 6000
-/** Command timeout of the flusher's own Redis connection. */
-const FLUSH_COMMAND_TIMEOUT_MS = 10_000
 
 const guards = new WeakMap<FastifyRequest, GuardState>()
 
@@ -147,71 +101,15 @@ function validateAmounts(amounts: Amounts, where: string): Amounts {
 }
 
 async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): Promise<void> {
-  const clock = options.clock ?? systemClock
-  const ownsPool = typeof options.database === 'string'
-  const pool = typeof options.database === 'string' ? createPool(options.database, { logger: app.log }) : options.database
-  const databaseUrl = options.databaseUrl ?? (typeof options.database === 'string'
-    ? options.database
-    : (pool as Pool & { options: { connectionString?: string } }).options.connectionString)
-  if (!databaseUrl) throw new Error('quota: pass databaseUrl (the pool has no connectionString)')
-  const commandTimeoutMs = options.commandTimeoutMs ?? 250
   const getUserId = options.userId ?? defaultUserId
-
-  const store = new RedisCounterStore(options.redis, {
-    prefix: options.prefix ?? 'quota:',
-    loader: (userId, day) => loadSeedState(pool, userId, day),
-  })
-  const limits = new LimitsCache({ pool, databaseUrl, defaultTier: options.defaultTier ?? 'free', logger: app.log })
-  // The flusher reads large batches: on its own connection, with a longer timeout, it neither
-  // waits behind decisions nor makes them wait (the decision client keeps its short timeout).
-  const flushRedis = options.redis.duplicate({ commandTimeout: FLUSH_COMMAND_TIMEOUT_MS, connectionName: 'quota-flusher' })
-  flushRedis.on('error', () => {}) // the decision client already logs connection trouble
-  const flushStore = new RedisCounterStore(flushRedis, { prefix: options.prefix ?? 'quota:' })
-  const flusher = new Flusher({ store: flushStore, pool, clock, intervalMs: options.flushIntervalMs ?? 1000, logger: app.log })
-  const serverClock = new ServerClock(options.redis)
-  const leader = options.scheduler === false ? undefined : new LeaderLock({ databaseUrl, logger: app.log })
-  const scheduler = leader
-    ? new Scheduler({ pool, flusher, clock, isLeader: () => leader.isLeader, logger: app.log })
-    : undefined
-  const usage = new UsageService({
-    store, limits, clock, pool, serverClock, commandTimeoutMs,
-    failMode: options.failMode ?? 'closed',
-    logger: app.log,
-    flushAll: () => flusher.flushAll(),
-  })
-
-  await flushRedis.connect().catch((err: Error) => app.log.warn({ err: err.message }, 'flusher redis connection failed; retrying'))
-  await limits.start()
-  await serverClock.sync().catch(() => {})
-  serverClock.start()
-  if (options.checkRedisSettings !== false) await warnAboutRedisDurability(options.redis, app.log)
-  if (options.flush !== false) flusher.start()
-  if (leader && scheduler) {
-    await leader.start()
-    scheduler.start()
+  let engine: QuotaEngine
+  if ('engine' in options && options.engine) {
+    engine = options.engine
+  } else {
+    engine = await createQuotaEngine({ logger: app.log, ...(options as QuotaEngineOptions) })
+    app.addHook('onClose', () => engine.close())
   }
-
-  app.addHook('onClose', async () => {
-    await scheduler?.stop()
-    await leader?.stop()
-    // The last flush: everything admitted reaches daily_usage before the process exits. Bounded,
-    // so a hung Postgres cannot keep the process past its shutdown budget: whatever is not
-    // written stays marked dirty in Redis and the next flush (any replica, or this one restarted)
-    // writes it.
-    if (options.flush !== false) {
-      let timer: NodeJS.Timeout | undefined
-      const budget = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`not done within ${FINAL_FLUSH_BUDGET_MS} ms`)), FINAL_FLUSH_BUDGET_MS)
-      })
-      await Promise.race([flusher.stop(), budget])
-        .catch((err: Error) => app.log.error({ err: err.message }, 'final usage flush failed; changes stay in redis for the next flush'))
-        .finally(() => clearTimeout(timer))
-    }
-    serverClock.stop()
-    flushRedis.disconnect()
-    await limits.stop()
-    if (ownsPool) await pool.end()
-  })
+  const { usage, clock } = engine
 
   const guard = (amounts: Amounts): preHandlerAsyncHookHandler => Object.assign(
     async function usageGuard(this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
@@ -259,7 +157,7 @@ async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): P
   })
 
   app.decorate('usage', usage)
-  app.decorate('quota', { store, limits, flusher, leader, scheduler, serverClock })
+  app.decorate('quota', engine)
   app.decorate('requireUsageLimit', (metric: MetricName, amount = 1) =>
     guard(validateAmounts({ [metric]: amount }, `requireUsageLimit('${String(metric)}', ${String(amount)})`)))
 

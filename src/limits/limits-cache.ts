@@ -7,15 +7,16 @@
  * dropped and reloaded; a periodic reload is the safety net behind both.
  */
 import { LRUCache } from 'lru-cache'
-import type pg from 'pg'
 import type { Logger } from 'pino'
+import { CHANGE_CHANNEL } from '../db/changes.ts'
 import { createClient } from '../db/client.ts'
-import type { Pool } from '../db/client.ts'
+import type { Client, Pool } from '../db/client.ts'
 import { ensureUser, getUser } from '../db/users.ts'
+import type { UserRow } from '../db/users.ts'
 import { loadAllTierLimits } from './tier-limits.ts'
 import type { TierLimits } from './tier-limits.ts'
 
-export const CHANGE_CHANNEL = 'quota_changes'
+export { CHANGE_CHANNEL }
 
 export interface LimitsCacheOptions {
   pool: Pool
@@ -43,7 +44,7 @@ export class LimitsCache {
   readonly #limitsReloadMs: number
   readonly #reconnectDelayMs: number
   #tiers = new Map<string, TierLimits>()
-  #listener: pg.Client | undefined
+  #listener: Client | undefined
   #reloadTimer: NodeJS.Timeout | undefined
   #reconnectTimer: NodeJS.Timeout | undefined
   #closed = false
@@ -121,13 +122,21 @@ export class LimitsCache {
   }
 
   async #loadTier(userId: string, username: string | undefined): Promise<string> {
+    return (await this.provisionUser(userId, username)).tier
+  }
+
+  /**
+   * The user's row, created on first sight with the default tier (DESIGN 1.4) — the one place users
+   * are provisioned: the auth layer calls it for a token's `sub`, decisions for an unknown id.
+   * Known users (the common case) cost one indexed read; the tier read is cached.
+   */
+  async provisionUser(userId: string, username?: string): Promise<UserRow> {
     const generation = this.#generation
-    // Known users (the common case after a cache expiry) cost one indexed read.
     const user = (await getUser(this.#pool, userId))
       ?? (await ensureUser(this.#pool, { id: userId, username, defaultTier: this.#defaultTier }))
     // A change notified while the read was under way may not be in what it read: not cached.
-    if (generation === this.#generation) this.#users.set(userId, user.tier)
-    return user.tier
+    if (generation === this.#generation) this.#users.set(user.id, user.tier)
+    return user
   }
 
   /** The cached tier of a user, without touching Postgres (undefined on a miss). */

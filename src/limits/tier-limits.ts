@@ -1,31 +1,20 @@
 /**
- * Reading tier limits from `usage_limits` into micro-units per metric (null = unlimited).
+ * Tier limits in micro-units per metric (null = unlimited), from the rows of `usage_limits`.
  */
+import { listLimits } from '../db/usage-limits.ts'
+import type { TierLimitsRow } from '../db/usage-limits.ts'
+import type { Pool } from '../db/client.ts'
 import { METRIC_NAMES, METRICS, limitToMicro } from '../metrics.ts'
 import type { MetricName } from '../metrics.ts'
-import type { Pool } from '../db/client.ts'
 
 export type TierLimits = Readonly<Record<MetricName, number | null>>
 
-interface LimitRow {
-  tier: string
-  max_deployments_per_day: number | null
-  max_api_calls_per_day: number | null
-  max_compute_hours_per_day: string | null
-  max_storage_gb: string | null
-}
-
-export function rowToLimits(row: LimitRow): TierLimits {
+export function rowToLimits(row: TierLimitsRow): TierLimits {
   const limits = {} as Record<MetricName, number | null>
   for (const name of METRIC_NAMES) limits[name] = limitToMicro(row[METRICS[name].limitColumn])
   return limits
 }
 
 export async function loadAllTierLimits(pool: Pool): Promise<Map<string, TierLimits>> {
-  const { rows } = await pool.query<LimitRow>(
-    `SELECT tier, max_deployments_per_day, max_api_calls_per_day,
-            max_compute_hours_per_day::text AS max_compute_hours_per_day, max_storage_gb::text AS max_storage_gb
-       FROM usage_limits`,
-  )
-  return new Map(rows.map((row) => [row.tier, rowToLimits(row)]))
+  return new Map((await listLimits(pool)).map((row) => [row.tier, rowToLimits(row)]))
 }

@@ -1,5 +1,5 @@
 /**
- * Redis -> daily_usage. Every FLUSH_INTERVAL_MS the flusher reads the user-days the counter
+ * Counter store -> daily_usage. Every FLUSH_INTERVAL_MS the flusher reads the user-days the counter
  * scripts marked dirty (no keyspace scan), writes their absolute totals to Postgres in batches,
  * and only then takes them off the dirty sets — unless they changed meanwhile. On any error the
  * marks stay and the next attempt comes after a backoff: nothing is dropped. Several replicas may
@@ -21,13 +21,12 @@ import { systemClock } from '../clock.ts'
 import type { Clock } from '../clock.ts'
 import { writeTotals } from '../db/daily-usage.ts'
 import type { DayTotals, WriteResult } from '../db/daily-usage.ts'
-import { dirtyMember } from '../counters/keys.ts'
-import { CounterUnavailableError, FLUSH_SCRIPTS_IN_FLIGHT } from '../counters/redis-store.ts'
+import { CounterUnavailableError } from '../counters/store.ts'
+import type { CounterStore, DirtyUserDay, WrittenUserDay } from '../counters/store.ts'
 import { mapLimited } from '../limited.ts'
-import type { DirtyEntry, RedisCounterStore } from '../counters/redis-store.ts'
 
 export interface FlusherOptions {
-  store: RedisCounterStore
+  store: CounterStore
   pool: Pool
   /** FLUSH_INTERVAL_MS. @default 1000 */
   intervalMs?: number
@@ -81,19 +80,28 @@ export interface PassShape {
  */
 export const PACED: Required<PassShape> = { perBucket: 32, batchSize: 500, writeConcurrency: 1 }
 
+/** Acknowledgements (one store call per bucket) in flight at once. */
+const ACKS_IN_FLIGHT = 2
+
 /** Full passes after which a read size that once failed is tried again. */
 const CEILING_RELAX_PASSES = 32
 
 /** Passes a timer tick makes at most while a backlog drains (each pass is bounded). */
 const MAX_PASSES_PER_TICK = 1000
 
-function byKey(a: DirtyEntry, b: DirtyEntry): number {
+/** Identifies a user-day within the flusher. */
+function userDayKey(entry: { userId: string; day: string }): string {
+  return `${entry.userId}:${entry.day}`
+}
+
+function byKey(a: DirtyUserDay, b: DirtyUserDay): number {
   if (a.bucket !== b.bucket) return a.bucket - b.bucket
-  return a.member < b.member ? -1 : a.member > b.member ? 1 : 0
+  if (a.userId !== b.userId) return a.userId < b.userId ? -1 : 1
+  return a.day < b.day ? -1 : a.day > b.day ? 1 : 0
 }
 
 export class Flusher {
-  readonly #o: Required<Omit<FlusherOptions, 'logger' | 'clock'>> & Pick<FlusherOptions, 'logger' | 'clock'>
+  readonly #options: Required<Omit<FlusherOptions, 'logger' | 'clock'>> & Pick<FlusherOptions, 'logger' | 'clock'>
   readonly stats: FlushStats = { rowsWritten: 0, passes: 0, lastSuccessAt: null, lastError: null, consecutiveFailures: 0 }
   #timer: NodeJS.Timeout | undefined
   #running = false
@@ -112,7 +120,7 @@ export class Flusher {
   #lastPassFull = false
 
   constructor(options: FlusherOptions) {
-    this.#o = {
+    this.#options = {
       intervalMs: 1000,
       perBucket: 256,
       batchSize: 5000,
@@ -120,22 +128,22 @@ export class Flusher {
       maxBackoffMs: 5000,
       ...options,
     }
-    this.#perBucketNow = this.#ceiling = this.#o.perBucket
+    this.#perBucketNow = this.#ceiling = this.#options.perBucket
   }
 
   /** Most rows per INSERT statement. */
   get batchSize(): number {
-    return this.#o.batchSize
+    return this.#options.batchSize
   }
 
   /** Most user-days read per bucket per pass (the configured ceiling). */
   get perBucket(): number {
-    return this.#o.perBucket
+    return this.#options.perBucket
   }
 
   start(): void {
     this.#stopped = false
-    this.#schedule(this.#o.intervalMs)
+    this.#schedule(this.#options.intervalMs)
   }
 
   /** Stops the loop and makes a last full flush (graceful shutdown). */
@@ -170,25 +178,25 @@ export class Flusher {
   }
 
   /** Age (ms) of the oldest change not yet in Postgres; 0 when all is flushed. */
-  async lagMs(now: number = (this.#o.clock ?? systemClock).now()): Promise<number> {
-    const oldest = await this.#o.store.oldestDirty()
+  async lagMs(now: number = (this.#options.clock ?? systemClock).now()): Promise<number> {
+    const oldest = await this.#options.store.oldestDirty()
     return oldest === null ? 0 : Math.max(0, now - oldest)
   }
 
-  async #read(limit: number): Promise<DirtyEntry[]> {
+  async #read(limit: number): Promise<DirtyUserDay[]> {
     for (;;) {
       const size = Math.min(limit, this.#perBucketNow)
       // A pass held small on purpose (PACED) teaches the adaptive size nothing, either way.
       const shaped = size < this.#perBucketNow
       try {
-        const entries = await this.#o.store.readDirty(size)
+        const entries = await this.#options.store.readDirty(size)
         const perBucket = new Map<number, number>()
         for (const e of entries) perBucket.set(e.bucket, (perBucket.get(e.bucket) ?? 0) + 1)
         this.#lastPassFull = [...perBucket.values()].some((n) => n >= size)
         if (this.#lastPassFull && !shaped) {
           // A size that failed stays the ceiling for a while; then it is tried again.
-          if (++this.#fullPasses >= CEILING_RELAX_PASSES && this.#ceiling < this.#o.perBucket) {
-            this.#ceiling = Math.min(this.#o.perBucket, this.#ceiling * 2)
+          if (++this.#fullPasses >= CEILING_RELAX_PASSES && this.#ceiling < this.#options.perBucket) {
+            this.#ceiling = Math.min(this.#options.perBucket, this.#ceiling * 2)
             this.#fullPasses = 0
           }
           this.#perBucketNow = Math.min(this.#ceiling, size * 2)
@@ -203,18 +211,18 @@ export class Flusher {
         }
         this.#ceiling = this.#perBucketNow = Math.max(1, Math.floor(size / 2))
         this.#fullPasses = 0
-        this.#o.logger?.debug({ err: err.message, perBucket: this.#perBucketNow }, 'usage flush read failed; reading less per pass')
+        this.#options.logger?.debug({ err: err.message, perBucket: this.#perBucketNow }, 'usage flush read failed; reading less per pass')
       }
     }
   }
 
   async #pass(shape: PassShape): Promise<PassResult> {
-    const readAt = (this.#o.clock ?? systemClock).now()
-    const entries = await this.#read(shape.perBucket ?? this.#o.perBucket)
+    const readAt = (this.#options.clock ?? systemClock).now()
+    const entries = await this.#read(shape.perBucket ?? this.#options.perBucket)
     if (entries.length === 0) return { read: 0, written: 0, acked: 0 }
     entries.sort(byKey)
-    const batchSize = shape.batchSize ?? this.#o.batchSize
-    const batches: DirtyEntry[][] = []
+    const batchSize = shape.batchSize ?? this.#options.batchSize
+    const batches: DirtyUserDay[][] = []
     for (let i = 0; i < entries.length; i += batchSize) batches.push(entries.slice(i, i + batchSize))
 
     let written = 0
@@ -223,15 +231,15 @@ export class Flusher {
     let failed = false
     const worker = async (): Promise<void> => {
       while (next < batches.length && !failed) {
-        const batch = batches[next++] as DirtyEntry[]
+        const batch = batches[next++] as DirtyUserDay[]
         const rows: DayTotals[] = []
         for (const e of batch) {
           // A day hash that expired has nothing left to write; its mark is simply removed.
-          if (e.values) rows.push({ userId: e.userId, day: e.day, d: e.values.d, a: e.values.a, c: e.values.c, s: e.values.s, version: e.values.v })
+          if (e.state) rows.push({ userId: e.userId, day: e.day, counts: e.state.counts, version: e.state.version })
         }
         let result: WriteResult
         try {
-          result = await writeTotals(this.#o.pool, rows)
+          result = await writeTotals(this.#options.pool, rows)
         } catch (err) {
           failed = true
           throw err
@@ -240,11 +248,10 @@ export class Flusher {
         // pass; it never holds back the rows around it.
         const refused = new Set<string>()
         for (const { row, error } of result.rejected) {
-          const member = dirtyMember(row.userId, row.day)
-          refused.add(member)
+          refused.add(userDayKey(row))
           this.#reportRejected(row, error)
         }
-        const done = refused.size === 0 ? batch : batch.filter((e) => !refused.has(e.member))
+        const done = refused.size === 0 ? batch : batch.filter((e) => !refused.has(userDayKey(e)))
         const n = result.written
         written += n
         this.stats.rowsWritten += n
@@ -254,7 +261,7 @@ export class Flusher {
     }
     // allSettled: a failed batch stops the pass only once the other worker is done too, so no write
     // of this pass outlives it.
-    const concurrency = shape.writeConcurrency ?? this.#o.writeConcurrency
+    const concurrency = shape.writeConcurrency ?? this.#options.writeConcurrency
     const settled = await Promise.allSettled(Array.from({ length: Math.min(concurrency, batches.length) }, worker))
     const rejected = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
     if (rejected) throw rejected.reason
@@ -263,20 +270,21 @@ export class Flusher {
   }
 
   #reportRejected(row: DayTotals, error: string): void {
-    const member = dirtyMember(row.userId, row.day)
+    const member = userDayKey(row)
     if (this.#rejected.has(member)) return
     if (this.#rejected.size < 10_000) this.#rejected.add(member)
-    this.#o.logger?.error({ userId: row.userId, day: row.day, err: error }, 'postgres refused a usage row; kept in redis, retried each flush')
+    this.#options.logger?.error({ userId: row.userId, day: row.day, err: error }, 'postgres refused a usage row; kept in redis, retried each flush')
   }
 
-  async #ack(entries: DirtyEntry[], readAt: number): Promise<number> {
-    const byBucket = new Map<number, { userId: string; day: string; version: number }[]>()
+  async #ack(entries: DirtyUserDay[], readAt: number): Promise<number> {
+    const byBucket = new Map<number, WrittenUserDay[]>()
     for (const e of entries) {
       const list = byBucket.get(e.bucket) ?? []
-      list.push({ userId: e.userId, day: e.day, version: e.values?.v ?? Number.MAX_SAFE_INTEGER })
+      // A day that is gone has nothing newer to keep: its mark goes whatever the version.
+      list.push({ userId: e.userId, day: e.day, version: e.state?.version ?? Number.MAX_SAFE_INTEGER })
       byBucket.set(e.bucket, list)
     }
-    const counts = await mapLimited([...byBucket], FLUSH_SCRIPTS_IN_FLIGHT, ([bucket, written]) => this.#o.store.ack(bucket, written, readAt))
+    const counts = await mapLimited([...byBucket], ACKS_IN_FLIGHT, ([bucket, written]) => this.#options.store.acknowledge(bucket, written, readAt))
     return counts.reduce((a, b) => a + b, 0)
   }
 
@@ -289,7 +297,7 @@ export class Flusher {
   async #tick(): Promise<void> {
     if (this.#running || this.#stopped) return
     this.#running = true
-    let delay = this.#o.intervalMs
+    let delay = this.#options.intervalMs
     try {
       // Keep passing while a pass left more to read, so a backlog drains faster than one pass per tick.
       for (let i = 0; i < MAX_PASSES_PER_TICK && !this.#stopped; i++) {
@@ -297,7 +305,7 @@ export class Flusher {
         if (!this.#lastPassFull || r.acked === 0) break
       }
       if (this.stats.consecutiveFailures > 0) {
-        this.#o.logger?.info({ after: this.stats.consecutiveFailures }, 'usage flush recovered')
+        this.#options.logger?.info({ after: this.stats.consecutiveFailures }, 'usage flush recovered')
       }
       this.stats.consecutiveFailures = 0
       this.stats.lastError = null
@@ -305,10 +313,10 @@ export class Flusher {
     } catch (err) {
       this.stats.consecutiveFailures++
       this.stats.lastError = (err as Error).message
-      const backoff = Math.min(this.#o.maxBackoffMs, this.#o.intervalMs * 2 ** Math.min(this.stats.consecutiveFailures, 10))
-      delay = Math.max(this.#o.intervalMs, backoff)
+      const backoff = Math.min(this.#options.maxBackoffMs, this.#options.intervalMs * 2 ** Math.min(this.stats.consecutiveFailures, 10))
+      delay = Math.max(this.#options.intervalMs, backoff)
       const log = this.stats.consecutiveFailures === 1 ? 'warn' : 'debug'
-      this.#o.logger?.[log]({ err: (err as Error).message, retryInMs: delay }, 'usage flush failed; changes kept in redis, retrying')
+      this.#options.logger?.[log]({ err: (err as Error).message, retryInMs: delay }, 'usage flush failed; changes kept in redis, retrying')
     } finally {
       this.#running = false
       this.#schedule(delay)

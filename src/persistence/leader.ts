@@ -3,9 +3,9 @@
  * lock on a dedicated connection; when that process dies or its connection drops, Postgres
  * releases the lock and another replica's next attempt takes it over.
  */
-import type pg from 'pg'
 import type { Logger } from 'pino'
 import { createClient } from '../db/client.ts'
+import type { Client } from '../db/client.ts'
 
 /** Advisory lock id of the scheduler ("quotaldr"). */
 export const LEADER_LOCK_ID = 0x71756f74_6c6472n
@@ -20,14 +20,14 @@ export interface LeaderLockOptions {
 }
 
 export class LeaderLock {
-  readonly #o: LeaderLockOptions
-  #client: pg.Client | undefined
+  readonly #options: LeaderLockOptions
+  #client: Client | undefined
   #leader = false
   #timer: NodeJS.Timeout | undefined
   #stopped = true
 
   constructor(options: LeaderLockOptions) {
-    this.#o = options
+    this.#options = options
   }
 
   get isLeader(): boolean {
@@ -52,8 +52,8 @@ export class LeaderLock {
     if (this.#stopped) return
     try {
       if (!this.#client) {
-        const client = createClient(this.#o.databaseUrl, (err) => {
-          this.#o.logger?.warn({ err: err.message }, 'leader lock connection error')
+        const client = createClient(this.#options.databaseUrl, (err) => {
+          this.#options.logger?.warn({ err: err.message }, 'leader lock connection error')
         })
         client.on('end', () => {
           if (this.#client === client) {
@@ -73,14 +73,14 @@ export class LeaderLock {
         await this.#client.query('SELECT 1') // notice a dead connection while leading
       }
     } catch (err) {
-      this.#o.logger?.debug({ err: (err as Error).message }, 'leader lock attempt failed')
+      this.#options.logger?.debug({ err: (err as Error).message }, 'leader lock attempt failed')
       const client = this.#client
       this.#client = undefined
       this.#set(false)
       await client?.end().catch(() => {})
     } finally {
       if (!this.#stopped) {
-        this.#timer = setTimeout(() => void this.#attempt(), this.#o.retryMs ?? 1000)
+        this.#timer = setTimeout(() => void this.#attempt(), this.#options.retryMs ?? 1000)
         this.#timer.unref()
       }
     }
@@ -89,7 +89,7 @@ export class LeaderLock {
   #set(leader: boolean): void {
     if (leader === this.#leader) return
     this.#leader = leader
-    this.#o.logger?.info({ leader }, leader ? 'this replica now runs the scheduled jobs' : 'this replica no longer runs the scheduled jobs')
-    this.#o.onChange?.(leader)
+    this.#options.logger?.info({ leader }, leader ? 'this replica now runs the scheduled jobs' : 'this replica no longer runs the scheduled jobs')
+    this.#options.onChange?.(leader)
   }
 }

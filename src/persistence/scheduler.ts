@@ -13,8 +13,10 @@ import cron from 'node-cron'
 import type { ScheduledTask } from 'node-cron'
 import type { Logger } from 'pino'
 import type { Clock } from '../clock.ts'
-import { DAY_MS, dayStartOfDay, previousDay, utcDay } from '../clock.ts'
+import { DAY_MS, startOfUtcDay, previousDay, utcDay } from '../clock.ts'
 import type { Pool } from '../db/client.ts'
+import { carryStorageForward, countUsersOfDay } from '../db/daily-usage.ts'
+import { hasRun, recordRun } from '../db/scheduler-runs.ts'
 import { PACED } from './flusher.ts'
 import type { Flusher } from './flusher.ts'
 
@@ -40,7 +42,7 @@ export interface CloseDayResult {
 }
 
 export class Scheduler {
-  readonly #o: SchedulerOptions
+  readonly #options: SchedulerOptions
   #task: ScheduledTask | undefined
   #timer: NodeJS.Timeout | undefined
   #lastClosed: string | undefined
@@ -49,12 +51,12 @@ export class Scheduler {
   #failures = 0
 
   constructor(options: SchedulerOptions) {
-    this.#o = options
+    this.#options = options
   }
 
   start(): void {
     this.#task = cron.schedule('0 0 * * *', () => this.tick(), { timezone: 'UTC', name: 'quota-midnight', noOverlap: true })
-    this.#timer = setInterval(() => void this.tick(), this.#o.checkIntervalMs ?? 1000)
+    this.#timer = setInterval(() => void this.tick(), this.#options.checkIntervalMs ?? 1000)
     this.#timer.unref()
   }
 
@@ -66,19 +68,19 @@ export class Scheduler {
 
   /** Closes the previous day if this replica leads and it is not closed yet. */
   async tick(): Promise<CloseDayResult | null> {
-    if (!this.#o.isLeader()) return null
-    const closed = previousDay(utcDay(this.#o.clock.now()))
+    if (!this.#options.isLeader()) return null
+    const closed = previousDay(utcDay(this.#options.clock.now()))
     if (this.#lastClosed === closed) return null
     try {
       const result = await this.closeDay(closed)
       this.#lastClosed = closed
-      if (this.#failures > 0) this.#o.logger?.info({ day: closed, after: this.#failures }, 'daily reset recovered')
+      if (this.#failures > 0) this.#options.logger?.info({ day: closed, after: this.#failures }, 'daily reset recovered')
       this.#failures = 0
       return result
     } catch (err) {
       // Retried every check interval (1 s) until it works: one error line, not one a second.
       const level = this.#failures++ === 0 ? 'error' : 'debug'
-      this.#o.logger?.[level]({ err: (err as Error).message, day: closed }, 'daily reset failed; will retry')
+      this.#options.logger?.[level]({ err: (err as Error).message, day: closed }, 'daily reset failed; will retry')
       return null
     }
   }
@@ -91,28 +93,16 @@ export class Scheduler {
   }
 
   async #close(day: string): Promise<CloseDayResult> {
-    const { pool } = this.#o
-    const done = await pool.query('SELECT 1 FROM scheduler_runs WHERE job = $1 AND day = $2', [MIDNIGHT_JOB, day])
-    if ((done.rowCount ?? 0) > 0) return { day, ran: false, users: 0, storageCarried: 0 }
+    const { pool } = this.#options
+    if (await hasRun(pool, MIDNIGHT_JOB, day)) return { day, ran: false, users: 0, storageCarried: 0 }
 
     // Paced: every user's first decision of the new day arrives while this runs.
-    await this.#o.flusher.flushAll(PACED)
-    const next = utcDay(dayStartOfDay(day) + DAY_MS)
+    await this.#options.flusher.flushAll(PACED)
     // The gauge carries over: the new day starts with the closed day's storage.
-    const carried = await pool.query(
-      `INSERT INTO daily_usage (user_id, date, storage_gb, version, updated_at)
-       SELECT user_id, $2::date, storage_gb, 0, now() FROM daily_usage WHERE date = $1 AND storage_gb > 0
-       ON CONFLICT (user_id, date) DO NOTHING`,
-      [day, next],
-    )
-    const users = await pool.query<{ n: number }>('SELECT count(*)::int AS n FROM daily_usage WHERE date = $1', [day])
-    const n = users.rows[0]?.n ?? 0
-    const recorded = await pool.query(
-      `INSERT INTO scheduler_runs (job, day, detail) VALUES ($1, $2, $3) ON CONFLICT (job, day) DO NOTHING`,
-      [MIDNIGHT_JOB, day, JSON.stringify({ users: n, storageCarried: carried.rowCount ?? 0 })],
-    )
-    if ((recorded.rowCount ?? 0) === 0) return { day, ran: false, users: n, storageCarried: carried.rowCount ?? 0 }
-    this.#o.logger?.info({ day, users: n, storageCarried: carried.rowCount ?? 0 }, `daily reset: ${day} closed, ${n} users`)
-    return { day, ran: true, users: n, storageCarried: carried.rowCount ?? 0 }
+    const storageCarried = await carryStorageForward(pool, day, utcDay(startOfUtcDay(day) + DAY_MS))
+    const users = await countUsersOfDay(pool, day)
+    if (!(await recordRun(pool, MIDNIGHT_JOB, day, { users, storageCarried }))) return { day, ran: false, users, storageCarried }
+    this.#options.logger?.info({ day, users, storageCarried }, `daily reset: ${day} closed, ${users} users`)
+    return { day, ran: true, users, storageCarried }
   }
 }

@@ -11,10 +11,13 @@ export class UsageUnavailableError extends Error {
   }
 }
 
-/** A tier named by a caller does not exist in usage_limits. */
-export class UnknownTierError extends Error {
-  override name = 'UnknownTierError'
-  constructor(readonly tier: string) {
-    super(`Unknown tier "${tier}"`)
+/** A tier named by a caller does not exist in usage_limits (raised by the db layer). */
+export { UnknownTierError } from '../db/errors.ts'
+
+/** An idempotency key reused with other parameters than its first call's. */
+export class IdempotencyConflictError extends Error {
+  override name = 'IdempotencyConflictError'
+  constructor() {
+    super('This idempotency_key was already used with different parameters')
   }
 }

@@ -8,9 +8,9 @@
 import { Redis } from 'ioredis'
 import t from 'tap'
 import { utcDay } from '../../src/clock.ts'
-import { MAX_DECISIONS_PER_CALL } from '../../src/counters/decision-batcher.ts'
-import { bucketOf } from '../../src/counters/keys.ts'
-import { CounterUnavailableError } from '../../src/counters/redis-store.ts'
+import { MAX_ITEMS_PER_CALL as MAX_DECISIONS_PER_CALL } from '../../src/counters/redis/batcher.ts'
+import { bucketOf } from '../../src/counters/redis/keys.ts'
+import { CounterUnavailableError } from '../../src/counters/store.ts'
 import { closeRedis } from '../helpers/redis.ts'
 import { startRedisServer } from '../helpers/redis-server.ts'
 import { createUsageHarness, newUserId } from '../helpers/usage.ts'
@@ -84,10 +84,10 @@ t.test('a decision past its deadline fails alone; its batch neighbours are decid
   await h.service.consume(late, { api_calls: 1 })
   await h.service.consume(onTime, { api_calls: 1 })
   const day = utcDay(h.clock.now())
-  const item = [{ field: 'a' as const, amount: 1_000_000, limit: null }]
+  const item = [{ metric: 'api_calls' as const, amount: 1_000_000, limit: null }]
   const [lateResult, onTimeResult] = await Promise.allSettled([
-    h.store.apply({ mode: 'increment', userId: late, day, now: h.clock.now(), items: item, deadline: () => 1 }),
-    h.store.apply({ mode: 'increment', userId: onTime, day, now: h.clock.now(), items: item, deadline: () => Date.now() + 60_000 }),
+    h.store.decide({ mode: 'increment', userId: late, day, now: h.clock.now(), metrics: item }, { deadline: () => 1 }),
+    h.store.decide({ mode: 'increment', userId: onTime, day, now: h.clock.now(), metrics: item }, { deadline: () => Date.now() + 60_000 }),
   ])
   t.equal(lateResult?.status, 'rejected')
   t.ok(lateResult?.status === 'rejected' && lateResult.reason instanceof CounterUnavailableError, 'the late one: CounterUnavailableError')
@@ -101,11 +101,11 @@ t.test('arguments a script would choke on fail before anything is sent', async (
   await h.service.consume(user, { api_calls: 1 })
   await h.service.consume(neighbour, { api_calls: 1 })
   const day = utcDay(h.clock.now())
-  const item = { field: 'a' as const, amount: 1_000_000, limit: null }
+  const item = { metric: 'api_calls' as const, amount: 1_000_000, limit: null }
   const [bogusDay, fractional, fine] = await Promise.allSettled([
     h.service.refund(user, { api_calls: 1 }, 'bogus'),
-    h.store.apply({ mode: 'increment', userId: user, day, now: h.clock.now(), items: [{ ...item, amount: 0.5 }] }),
-    h.store.apply({ mode: 'increment', userId: neighbour, day, now: h.clock.now(), items: [item] }),
+    h.store.decide({ mode: 'increment', userId: user, day, now: h.clock.now(), metrics: [{ ...item, amount: 0.5 }] }),
+    h.store.decide({ mode: 'increment', userId: neighbour, day, now: h.clock.now(), metrics: [item] }),
   ])
   t.match(bogusDay, { status: 'rejected', reason: { message: /day must be YYYY-MM-DD/ } })
   t.match(fractional, { status: 'rejected', reason: { message: /whole number of micro-units/ } })

@@ -4,7 +4,7 @@
  */
 import t from 'tap'
 import { DAY_MS, utcDay } from '../../src/clock.ts'
-import type { RedisCounterStore } from '../../src/counters/redis-store.ts'
+import type { RedisCounterStore } from '../../src/counters/redis/redis-store.ts'
 import { createUsageHarness, newUserId } from '../helpers/usage.ts'
 import type { UsageHarness } from '../helpers/usage.ts'
 import { insertUser, pollUntil } from './fixtures.ts'
@@ -12,10 +12,10 @@ import { insertUser, pollUntil } from './fixtures.ts'
 /** Counts the store calls (each is one Redis round trip). */
 function countStoreCalls(store: RedisCounterStore): { readonly n: number } {
   const counter = { n: 0 }
-  const apply = store.apply.bind(store)
-  store.apply = (req) => {
+  const decide = store.decide.bind(store)
+  store.decide = (req, options) => {
     counter.n++
-    return apply(req)
+    return decide(req, options)
   }
   return counter
 }
@@ -56,7 +56,7 @@ t.test('a refund, a reset, a tier change, a limit change or midnight ends a reme
   const reset = newUserId()
   await spendAll(h, reset)
   t.equal((await h.service.consume(reset, { deployments: 1 })).allowed, false)
-  await h.service.reset({ userId: reset })
+  await h.admin.reset({ userId: reset })
   t.equal((await h.service.consume(reset, { deployments: 1 })).allowed, true, 'after a reset')
 
   const upgraded = newUserId()

@@ -5,7 +5,7 @@
  */
 import t from 'tap'
 import { utcDay } from '../../src/clock.ts'
-import { bucketOf } from '../../src/counters/keys.ts'
+import { bucketOf } from '../../src/counters/redis/keys.ts'
 import { createUsageHarness, newUserId } from '../helpers/usage.ts'
 
 t.test('ack removes flushed user-days and re-scores the ones that changed since the read', async (t) => {
@@ -22,12 +22,12 @@ t.test('ack removes flushed user-days and re-scores the ones that changed since 
   await h.service.consume(busy, { api_calls: 1 }) // changes between the read and the ack
 
   for (const e of entries) {
-    await h.store.ack(e.bucket, [{ userId: e.userId, day: e.day, version: e.values?.v ?? 0 }], readAt)
+    await h.store.acknowledge(e.bucket, [{ userId: e.userId, day: e.day, version: e.state?.version ?? 0 }], readAt)
   }
   const left = await h.store.readDirty(100)
   t.same(left.map((e) => e.userId), [busy], 'only the user that changed since the read stays dirty')
   t.equal(left[0]?.since, readAt, `marked dirty since the read (${readAt}), not since its first change (${firstChange})`)
-  t.equal(left[0]?.values?.a, 2_000_000, 'with its newer value still to flush')
+  t.equal(left[0]?.state?.counts.api_calls, 2_000_000, 'with its newer value still to flush')
 
   h.clock.advance(1000)
   t.equal(await h.flusher.lagMs(h.clock.now()), 1000, 'lag = now - read time')
@@ -59,6 +59,6 @@ t.test('every change marks its user-day dirty, also after the mark went missing'
   const { rows } = await h.pool.query('SELECT api_calls FROM daily_usage WHERE user_id = $1', [user])
   t.equal(Number(rows[0]?.api_calls), 3, 'and every change reaches daily_usage')
 
-  await h.service.reset({ userId: user, metric: 'api_calls' })
+  await h.admin.reset({ userId: user, metric: 'api_calls' })
   t.equal(await inSet(), true, 'a reset marks it too')
 })

@@ -158,7 +158,7 @@ async function run(cmds: Cmd[]): Promise<void> {
         break
       case 'reset':
         model.reset(cmd.user, cmd.metric)
-        await h.service.reset({ userId: ids[cmd.user], metric: cmd.metric })
+        await h.admin.reset({ userId: ids[cmd.user], metric: cmd.metric })
         break
       case 'check': {
         const before = { ...model.users[cmd.user] }

@@ -35,7 +35,7 @@ t.test('decisions keep working after SCRIPT FLUSH', async (t) => {
   t.equal(burst.filter((r) => r.allowed).length, 50, 'a burst of 50 in flight during the reload')
   t.equal((await h.service.status(user)).metrics.api_calls.current, 52, 'each counted exactly once (a NOSCRIPT retry is not a double count)')
   t.equal(await admin.script('FLUSH'), 'OK')
-  await h.service.reset({ userId: user, metric: 'api_calls' })
+  await h.admin.reset({ userId: user, metric: 'api_calls' })
   t.equal((await h.service.status(user)).metrics.api_calls.current, 0, 'the other scripts reload too')
 })
 

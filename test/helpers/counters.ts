@@ -4,7 +4,7 @@
  */
 import type { Redis } from 'ioredis'
 import { DAY_MS, utcDay } from '../../src/clock.ts'
-import { BUCKETS, KeySpace } from '../../src/counters/keys.ts'
+import { BUCKETS, KeySpace } from '../../src/counters/redis/keys.ts'
 import { SCALE } from '../../src/metrics.ts'
 
 /** Days a test running now may have counted on: yesterday (a run across midnight) and today. */

@@ -1,25 +1,30 @@
 /**
- * A usage service wired like the plugin wires it — real Redis (own key prefix, or a throwaway
- * server), real Postgres (own database) — with a ManualClock, for engine-level tests.
+ * The engine (createQuotaEngine, the wiring production uses) on real Redis (own key prefix, or a
+ * throwaway server) and real Postgres (own database), with a ManualClock and no timers: tests
+ * drive the flusher and the midnight job themselves.
  */
 import { randomUUID } from 'node:crypto'
 import type { Redis } from 'ioredis'
 import { ManualClock } from '../../src/clock.ts'
 import type { FailMode } from '../../src/config.ts'
-import { ServerClock, connectRedis, createRedisClient } from '../../src/counters/redis-client.ts'
-import { RedisCounterStore } from '../../src/counters/redis-store.ts'
+import { connectRedis, createRedisClient } from '../../src/counters/redis/client.ts'
+import type { RedisCounterStore } from '../../src/counters/redis/redis-store.ts'
 import { createPool } from '../../src/db/client.ts'
 import type { Pool } from '../../src/db/client.ts'
-import { loadSeedState } from '../../src/db/daily-usage.ts'
-import { LimitsCache } from '../../src/limits/limits-cache.ts'
-import { Flusher } from '../../src/persistence/flusher.ts'
-import { UsageService } from '../../src/usage/service.ts'
+import { createQuotaEngine } from '../../src/engine.ts'
+import type { QuotaEngine } from '../../src/engine.ts'
+import type { LimitsCache } from '../../src/limits/limits-cache.ts'
+import type { Flusher } from '../../src/persistence/flusher.ts'
+import type { AdminService } from '../../src/usage/admin.ts'
+import type { UsageService } from '../../src/usage/service.ts'
 import { createTestDatabase } from './database.ts'
 import type { Teardownable, TestDatabase } from './database.ts'
 import { TEST_REDIS_URL, closeRedis, deleteKeysWithPrefix, testRedisPrefix } from './redis.ts'
 
 export interface UsageHarness {
+  engine: QuotaEngine
   service: UsageService
+  admin: AdminService
   store: RedisCounterStore
   limits: LimitsCache
   flusher: Flusher
@@ -52,24 +57,21 @@ export async function createUsageHarness(t: Teardownable, options: HarnessOption
   await connectRedis(redis, redisUrl)
   const prefix = options.prefix ?? testRedisPrefix()
   const clock = new ManualClock(options.now ?? '2026-11-28T12:00:00.000Z')
-  const store = new RedisCounterStore(redis, { prefix, loader: (u, d) => loadSeedState(pool, u, d) })
-  const limits = new LimitsCache({ pool, databaseUrl: db.url })
-  await limits.start()
-  const flusher = new Flusher({ store, pool, intervalMs: 50 })
-  const serverClock = new ServerClock(redis)
-  await serverClock.sync().catch(() => {})
-  const service = new UsageService({
-    store, limits, clock, pool, serverClock, commandTimeoutMs,
+  const engine = await createQuotaEngine({
+    redis, database: pool, databaseUrl: db.url, prefix, clock, commandTimeoutMs,
     failMode: options.failMode ?? 'closed',
-    flushAll: () => flusher.flushAll(),
+    flush: false, scheduler: false, checkRedisSettings: false,
   })
   t.teardown(async () => {
-    await limits.stop()
+    await engine.close()
     await deleteKeysWithPrefix(redis, prefix).catch(() => {})
     await closeRedis(redis)
     await pool.end().catch(() => {})
   })
-  return { service, store, limits, flusher, pool, db, redis, prefix, clock }
+  return {
+    engine, service: engine.usage, admin: engine.admin, store: engine.store, limits: engine.limits, flusher: engine.flusher,
+    pool, db, redis, prefix, clock,
+  }
 }
 
 export function newUserId(): string {

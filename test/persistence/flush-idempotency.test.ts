@@ -11,11 +11,12 @@
 import t from 'tap'
 import type { DailyUsageRow } from '../helpers/database.ts'
 import type { Test } from 'tap'
-import { CounterUnavailableError, RedisCounterStore } from '../../src/counters/redis-store.ts'
-import { connectRedis, createRedisClient } from '../../src/counters/redis-client.ts'
+import { RedisCounterStore } from '../../src/counters/redis/redis-store.ts'
+import { CounterUnavailableError } from '../../src/counters/store.ts'
+import { connectRedis, createRedisClient } from '../../src/counters/redis/client.ts'
 import { createPool } from '../../src/db/client.ts'
 import type { Pool } from '../../src/db/client.ts'
-import { loadSeedState, upsertTotals } from '../../src/db/daily-usage.ts'
+import { loadRecordedUserDay, upsertTotals } from '../../src/db/daily-usage.ts'
 import type { DayTotals } from '../../src/db/daily-usage.ts'
 import { Flusher, PACED } from '../../src/persistence/flusher.ts'
 import { closeRedis } from '../helpers/redis.ts'
@@ -80,7 +81,7 @@ async function secondFlusher(t: Test, h: UsageHarness): Promise<{ flusher: Flush
     await closeRedis(redis)
     await pool.end()
   })
-  const store = new RedisCounterStore(redis, { prefix: h.prefix, loader: (u, d) => loadSeedState(pool, u, d) })
+  const store = new RedisCounterStore(redis, { prefix: h.prefix, loader: (u, d) => loadRecordedUserDay(pool, u, d) })
   return { flusher: new Flusher({ store, pool, perBucket: 7, batchSize: 13 }), store, pool }
 }
 
@@ -99,8 +100,10 @@ t.test('the same flush twice leaves identical rows', async (t) => {
   t.same(await h.flusher.flushOnce(), { read: 0, written: 0, acked: 0 }, 'a second pass finds nothing dirty')
   // The same totals written again (a flusher that crashed after writing, before its ack).
   const same: DayTotals[] = rows.map((r) => ({
-    userId: r.user_id, day: r.date, d: r.deployments_created * 1e6, a: r.api_calls * 1e6,
-    c: Math.round(Number(r.compute_hours) * 1e6), s: Math.round(Number(r.storage_gb) * 1e6), version: r.version,
+    userId: r.user_id, day: r.date, version: r.version, counts: {
+      deployments: r.deployments_created * 1e6, api_calls: r.api_calls * 1e6,
+      compute_hours: Math.round(Number(r.compute_hours) * 1e6), storage: Math.round(Number(r.storage_gb) * 1e6),
+    },
   }))
   t.equal(await upsertTotals(h.pool, same), 0, 'rewriting the same versions changes no row')
   t.same(await allRows(h.pool), rows, 'rows identical, updated_at included')
@@ -109,7 +112,7 @@ t.test('the same flush twice leaves identical rows', async (t) => {
   await spend(h, users.slice(0, 5), 1)
   const entries = await h.store.readDirty(100)
   t.equal(entries.length, 5)
-  const written = entries.map((e) => ({ userId: e.userId, day: e.day, ...e.values!, version: e.values!.v }))
+  const written = entries.map((e) => ({ userId: e.userId, day: e.day, counts: e.state!.counts, version: e.state!.version }))
   t.equal(await upsertTotals(h.pool, written), 5, 'written once (no ack: as if the process died here)')
   const afterWrite = await allRows(h.pool)
   const again = await h.flusher.flushAll()
@@ -178,12 +181,13 @@ t.test('a stale write never overwrites a newer row', async (t) => {
   t.equal(Number(row?.compute_hours), 1.5)
   const day = row!.date
 
-  const older: DayTotals = { userId: user, day, d: 0, a: 5e6, c: 1.5e6, s: 0, version: 1 }
+  const counts = { deployments: 0, api_calls: 5e6, compute_hours: 1.5e6, storage: 0 }
+  const older: DayTotals = { userId: user, day, counts, version: 1 }
   t.equal(await upsertTotals(h.pool, [older]), 0, 'version 1 < 2: not written')
   t.same(await allRows(h.pool), [row], 'row unchanged')
-  t.equal(await upsertTotals(h.pool, [{ ...older, a: 99e6, version: 2 }]), 0, 'same version: not written either')
+  t.equal(await upsertTotals(h.pool, [{ ...older, counts: { ...counts, api_calls: 99e6 }, version: 2 }]), 0, 'same version: not written either')
   t.same(await allRows(h.pool), [row], 'row unchanged')
-  t.equal(await upsertTotals(h.pool, [{ ...older, a: 11e6, version: 3 }]), 1, 'a newer version is written')
+  t.equal(await upsertTotals(h.pool, [{ ...older, counts: { ...counts, api_calls: 11e6 }, version: 3 }]), 1, 'a newer version is written')
   t.match((await allRows(h.pool))[0], { api_calls: 11, version: 3 })
 })
 
@@ -196,8 +200,8 @@ t.test('a change during a flush stays dirty for the next one', async (t) => {
   const e = entries[0]!
   // The flusher has read version 1; the user spends again before the write and ack.
   await h.service.consume(user, { api_calls: 1 })
-  await upsertTotals(h.pool, [{ userId: e.userId, day: e.day, ...e.values!, version: e.values!.v }])
-  t.equal(await h.store.ack(e.bucket, [{ userId: e.userId, day: e.day, version: e.values!.v }]), 0, 'the ack of version 1 keeps the mark (now version 2)')
+  await upsertTotals(h.pool, [{ userId: e.userId, day: e.day, counts: e.state!.counts, version: e.state!.version }])
+  t.equal(await h.store.acknowledge(e.bucket, [{ userId: e.userId, day: e.day, version: e.state!.version }]), 0, 'the ack of version 1 keeps the mark (now version 2)')
   t.equal(await dirtyTotal(h.store), 1)
   t.match((await allRows(h.pool))[0], { api_calls: 1, version: 1 })
   await h.flusher.flushAll()

@@ -1,11 +1,9 @@
 /**
  * Admin routes under /api/usage/admin: manual reset, any user's status, a user's tier, tier limits.
- * Changes go to Postgres; the tier cache of every replica drops them via NOTIFY, and this
- * replica's at once.
+ * The work is the admin service's (usage/admin.ts); these routes validate, authorise and render.
  */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { getUser, listLimits, setUserTier, updateLimits } from '../../db/users.ts'
-import type { TierLimitsRow } from '../../db/users.ts'
+import type { TierLimitsRow } from '../../db/usage-limits.ts'
 import { HttpError } from '../errors.ts'
 import {
   LimitsBody, LimitsListResponse, ResetBody, ResetResponse, StatusResponse, TierBody, TierLimitsSchema, TierParams,
@@ -26,6 +24,7 @@ function limitsBody(row: TierLimitsRow) {
 }
 
 const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  const { admin } = app.quota
   app.addHook('onRequest', app.requireAdmin)
 
   app.post('/manual-reset', {
@@ -44,7 +43,7 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
     },
   }, async (request) => {
     const body = request.body ?? {}
-    const summary = await app.usage.reset({ userId: body.user_id, metric: body.metric })
+    const summary = await admin.reset({ userId: body.user_id, metric: body.metric })
     request.log.info({ summary }, 'manual usage reset')
     return summary
   })
@@ -58,9 +57,9 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 200: StatusResponse, ...errorResponses(400, 401, 403, 404, 503) },
     },
   }, async (request) => {
-    const user = await getUser(app.pool, request.params.id)
-    if (!user) throw new HttpError(404, 'Not found', `No user ${request.params.id.toLowerCase()}`)
-    return app.usage.status(user.id)
+    const status = await admin.userStatus(request.params.id)
+    if (!status) throw new HttpError(404, 'Not found', `No user ${request.params.id.toLowerCase()}`)
+    return status
   })
 
   app.put('/users/:id/tier', {
@@ -73,9 +72,8 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 200: UserTierResponse, ...errorResponses(400, 401, 403, 404, 413, 415, 503) },
     },
   }, async (request) => {
-    const user = await setUserTier(app.pool, request.params.id, request.body.tier)
+    const user = await admin.setUserTier(request.params.id, request.body.tier)
     if (!user) throw new HttpError(404, 'Not found', `No user ${request.params.id.toLowerCase()}`)
-    app.quota.limits.invalidateUser(user.id)
     return { user_id: user.id, username: user.username, tier: user.tier }
   })
 
@@ -86,7 +84,7 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
       security,
       response: { 200: LimitsListResponse, ...errorResponses(401, 403, 503) },
     },
-  }, async () => ({ tiers: (await listLimits(app.pool)).map(limitsBody) }))
+  }, async () => ({ tiers: (await admin.listLimits()).map(limitsBody) }))
 
   app.put('/limits/:tier', {
     schema: {
@@ -103,9 +101,7 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
         throw new HttpError(400, 'Invalid request', `body/${column} must have at most 6 decimal places`, { field: column })
       }
     }
-    const row = await updateLimits(app.pool, request.params.tier, request.body)
-    await app.quota.limits.invalidateAll()
-    return limitsBody(row)
+    return limitsBody(await admin.updateLimits(request.params.tier, request.body))
   })
 }
 

@@ -4,13 +4,13 @@
  * traffic to a replica whose connections are broken even when the servers themselves are up.
  */
 import type { FastifyInstance } from 'fastify'
-import type { Redis } from 'ioredis'
 import { Type } from 'typebox'
 import type { Pool } from '../../db/client.ts'
 import { errorBody } from '../errors.ts'
 
 export interface HealthRoutesOptions {
-  redis: Redis
+  /** Probes the counter store's own connection (rejects when it cannot decide now). */
+  pingCounters: () => Promise<unknown>
   pool: Pool
   /** Longest wait for each probe before it counts as down. @default 1000 */
   probeTimeoutMs?: number
@@ -49,14 +49,14 @@ const NotReadyReply = Type.Object({
 })
 
 export default async function healthRoutes(app: FastifyInstance, options: HealthRoutesOptions): Promise<void> {
-  const { redis, pool } = options
+  const { pingCounters, pool } = options
   const ms = options.probeTimeoutMs ?? 1000
 
   app.get('/health', { schema: { response: { 200: HealthReply } } }, async () => ({ status: 'ok' as const }))
 
   app.get('/ready', { schema: { response: { 200: ReadyReply, 503: NotReadyReply } } }, async (request, reply) => {
     const [r, p] = await Promise.all([
-      check(() => redis.ping(), ms),
+      check(pingCounters, ms),
       // A query on the pool, not a new connection: proves the pool itself can still reach Postgres.
       check(() => pool.query('SELECT 1'), ms),
     ])

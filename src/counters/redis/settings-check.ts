@@ -26,18 +26,18 @@ export async function readRedisSettings(redis: Redis): Promise<RedisSettings> {
   return { maxmemoryPolicy: await get('maxmemory-policy'), appendonly: await get('appendonly') }
 }
 
-export async function warnAboutRedisDurability(redis: Redis, logger: Pick<Logger, 'warn' | 'info'>): Promise<RedisSettings> {
+export async function warnAboutRedisDurability(redis: Redis, logger?: Pick<Logger, 'warn'>): Promise<RedisSettings> {
   const settings = await readRedisSettings(redis)
   if (settings.maxmemoryPolicy === null) {
-    logger.warn('cannot read Redis maxmemory-policy (CONFIG GET refused): make sure it is noeviction')
+    logger?.warn('cannot read Redis maxmemory-policy (CONFIG GET refused): make sure it is noeviction')
   } else if (settings.maxmemoryPolicy !== 'noeviction') {
-    logger.warn(
+    logger?.warn(
       { maxmemoryPolicy: settings.maxmemoryPolicy },
       'Redis maxmemory-policy can evict keys: an evicted counter is rebuilt from Postgres only up to the last flush; set maxmemory-policy noeviction',
     )
   }
   if (settings.appendonly === 'no') {
-    logger.warn('Redis has no AOF (appendonly no): a Redis restart loses the changes of the last flush interval; use appendonly yes, appendfsync everysec')
+    logger?.warn('Redis has no AOF (appendonly no): a Redis restart loses the changes of the last flush interval; use appendonly yes, appendfsync everysec')
   }
   return settings
 }

@@ -10,6 +10,16 @@
  *   <prefix>{<b>}:epoch                  string  ms when this bucket's state was (re)built in this Redis
  */
 
+import type { MetricName } from '../../metrics.ts'
+
+/** Field of a metric in the day hash: one letter keeps the hash small. Only this folder knows them. */
+export const FIELD: Readonly<Record<MetricName, 'd' | 'a' | 'c' | 's'>> = {
+  deployments: 'd',
+  api_calls: 'a',
+  compute_hours: 'c',
+  storage: 's',
+}
+
 /** Number of buckets. Spreads users over this many hash slots; the flusher visits each per tick. */
 export const BUCKETS = 64
 

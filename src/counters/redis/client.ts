@@ -11,7 +11,7 @@
  */
 import { Redis } from 'ioredis'
 import type { Logger } from 'pino'
-import { redactUrl } from '../config.ts'
+import { redactUrl } from '../../config.ts'
 
 export { redactUrl }
 

@@ -1,0 +1,152 @@
+/**
+ * Micro-batching transport for script calls. The items submitted during one event-loop turn are
+ * sent when it ends (setImmediate), or as soon as one bucket has `maxPerCall` of them: one script
+ * call per bucket, and the calls of the turn's end in one pipeline. Under load that is one socket
+ * write and one Redis read for dozens of decisions instead of one each; alone, a decision waits
+ * only for the turn it was made in to finish. What goes into a call and how its reply splits into
+ * answers is the codec's business (decide-protocol.ts); this module only moves them.
+ */
+import type { Redis } from 'ioredis'
+import { CounterUnavailableError } from '../errors.ts'
+import { classify, isNoScript } from './errors.ts'
+import type { LuaScript, ScriptArgument } from './lua-script.ts'
+
+/** Builds one call from the items of one bucket, and splits its reply into one answer per item. */
+export interface BatchCodec<Item, Answer> {
+  script: LuaScript
+  encode(bucket: number, items: readonly Item[]): { numKeys: number; keysThenArgs: ScriptArgument[] }
+  decode(reply: unknown, items: readonly Item[]): Answer[]
+}
+
+/**
+ * Most items one call takes by default; a full call goes out at once instead of at the end of
+ * the turn. Redis runs nothing else while a script runs, so a burst for one bucket is cut into
+ * short calls that other clients' commands slip between, and Redis starts deciding while this
+ * process is still making decisions (BENCHMARKS.md has the measurements behind 16).
+ */
+export const MAX_ITEMS_PER_CALL = 16
+
+interface Queued<Item, Answer> {
+  item: Item
+  resolve: (answer: Answer) => void
+  reject: (err: Error) => void
+}
+
+interface Call<Item, Answer> {
+  queued: Queued<Item, Answer>[]
+  numKeys: number
+  keysThenArgs: ScriptArgument[]
+}
+
+export class ScriptBatcher<Item, Answer> {
+  /** Items waiting for the end of this turn, by bucket. */
+  #byBucket = new Map<number, Queued<Item, Answer>[]>()
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly codec: BatchCodec<Item, Answer>,
+    private readonly maxPerCall = MAX_ITEMS_PER_CALL,
+  ) {}
+
+  submit(bucket: number, item: Item): Promise<Answer> {
+    return new Promise<Answer>((resolve, reject) => {
+      if (this.#byBucket.size === 0) setImmediate(this.#flush)
+      const list = this.#byBucket.get(bucket)
+      if (!list) {
+        this.#byBucket.set(bucket, [{ item, resolve, reject }])
+        return
+      }
+      list.push({ item, resolve, reject })
+      if (list.length >= this.maxPerCall) {
+        this.#byBucket.delete(bucket)
+        const call = this.#callOrReject(bucket, list)
+        if (call) void this.#send([call], true)
+      }
+    })
+  }
+
+  readonly #flush = (): void => {
+    const byBucket = this.#byBucket
+    if (byBucket.size === 0) return
+    this.#byBucket = new Map()
+    const calls: Call<Item, Answer>[] = []
+    for (const [bucket, queued] of byBucket) {
+      const call = this.#callOrReject(bucket, queued)
+      if (call) calls.push(call)
+    }
+    if (calls.length > 0) void this.#send(calls, true)
+  }
+
+  /** The call for these items; if it cannot be built, they all fail instead of hanging. */
+  #callOrReject(bucket: number, queued: Queued<Item, Answer>[]): Call<Item, Answer> | undefined {
+    try {
+      return { queued, ...this.codec.encode(bucket, queued.map((q) => q.item)) }
+    } catch (err) {
+      rejectAll(queued, err)
+      return undefined
+    }
+  }
+
+  async #send(calls: Call<Item, Answer>[], loadOnMissing: boolean): Promise<void> {
+    const { script } = this.codec
+    let replies: [Error | null, unknown][]
+    try {
+      if (calls.length === 1) {
+        const call = calls[0] as Call<Item, Answer>
+        replies = [await this.redis.evalsha(script.sha, call.numKeys, ...call.keysThenArgs).then(
+          (reply): [null, unknown] => [null, reply],
+          (err: Error): [Error, null] => [err, null],
+        )]
+      } else {
+        const pipeline = this.redis.pipeline()
+        for (const call of calls) script.queue(pipeline, call.numKeys, call.keysThenArgs)
+        replies = ((await pipeline.exec()) ?? []) as [Error | null, unknown][]
+      }
+    } catch (err) {
+      for (const call of calls) rejectAll(call.queued, classify(err))
+      return
+    }
+    const missing: Call<Item, Answer>[] = []
+    calls.forEach((call, i) => {
+      const [err, reply] = replies[i] ?? [new Error('no reply from redis'), null]
+      if (err && isNoScript(err)) {
+        // Loaded just now and missing again (a failover to a node without it): not now, not a bug.
+        if (loadOnMissing) missing.push(call)
+        else rejectAll(call.queued, new CounterUnavailableError(`redis unavailable: ${err.message}`, { cause: err }))
+      } else if (err) {
+        rejectAll(call.queued, classify(err))
+      } else {
+        this.#settle(call, reply)
+      }
+    })
+    if (missing.length === 0) return
+    // The script cache was emptied: load the script once and send those calls again (a NOSCRIPT
+    // call ran nothing, so sending it again cannot count twice).
+    try {
+      await script.load(this.redis)
+    } catch (err) {
+      for (const call of missing) rejectAll(call.queued, classify(err))
+      return
+    }
+    await this.#send(missing, false)
+  }
+
+  #settle(call: Call<Item, Answer>, reply: unknown): void {
+    let answers: Answer[]
+    try {
+      answers = this.codec.decode(reply, call.queued.map((q) => q.item))
+    } catch (err) {
+      rejectAll(call.queued, err) // the items must not hang
+      return
+    }
+    call.queued.forEach((q, i) => {
+      if (i < answers.length) q.resolve(answers[i] as Answer)
+      else q.reject(new Error(`${this.codec.script.name}.lua returned fewer answers than items`))
+    })
+  }
+}
+
+function rejectAll<Item, Answer>(queued: Queued<Item, Answer>[], err: unknown): void {
+  const error = err instanceof Error ? err : new Error(String(err))
+  for (const q of queued) q.reject(error)
+}

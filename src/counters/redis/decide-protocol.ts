@@ -1,0 +1,154 @@
+/**
+ * The decide.lua wire protocol, in one place: how a DecisionRequest becomes a call's KEYS and
+ * ARGV, and how the call's flat reply becomes one answer per decision with a named status. The
+ * layout is documented slot by slot in scripts/decide.lua's header; the batcher only transports
+ * what this module builds.
+ */
+import { startOfUtcDay } from '../../clock.ts'
+import type { AnswerContext, DecisionRequest } from '../store.ts'
+import { FIELD, bucketOf, dirtyMember } from './keys.ts'
+import type { KeySpace } from './keys.ts'
+import type { ScriptArgument } from './lua-script.ts'
+
+/** Idempotency keys are kept 24 h. */
+export const IDEMPOTENCY_TTL_S = 86_400
+
+/** A day hash lives until 2 days after its day ends: time enough for the flusher to catch up. */
+const DAY_KEY_LIFETIME_MS = 3 * 86_400_000
+
+/** Status codes of decide.lua's reply (its header names the same numbers). */
+const STATUS = { denied: 0, allowed: 1, needsSeed: 2, deadlinePassed: 3, keyReused: 4 } as const
+/** Added to the status of an answer replayed from an idempotency key. */
+const REPLAYED = 10
+
+/** Seconds a new day hash lives, from `now` on the caller's clock; at least one minute. */
+export function dayKeyTtlSeconds(day: string, now: number): number {
+  return Math.max(60, Math.ceil((startOfUtcDay(day) + DAY_KEY_LIFETIME_MS - now) / 1000))
+}
+
+/** A decision encoded for decide.lua, waiting for its call. */
+export interface EncodedDecision {
+  readonly bucket: number
+  /** Day hash, gauge, and the idempotency key when there is one. */
+  readonly keys: readonly string[]
+  /** The decision's JSON array after its first two slots (number of keys, deadline), without brackets. */
+  readonly body: string
+  /** Context and fingerprint, sent only with an idempotency key. */
+  readonly idempotent: readonly [context: string, fingerprint: string] | undefined
+  /** The limits sent: a fresh answer does not repeat them. */
+  readonly limits: readonly (number | null)[]
+  readonly context: AnswerContext | undefined
+  /**
+   * Redis-server time (ms) after which the script must apply nothing, because the caller will
+   * have given up; read when the call is built (a NOSCRIPT resend keeps it: stricter, never later).
+   */
+  readonly deadline: (() => number) | undefined
+}
+
+export type ScriptStatus = 'allowed' | 'denied' | 'needs-seed' | 'deadline-passed' | 'key-reused'
+
+/** One decision's part of a reply. */
+export interface ScriptAnswer {
+  status: ScriptStatus
+  replayed: boolean
+  /** Index of the first denied metric, -1 when none. */
+  deniedIndex: number
+  current: number[]
+  limits: (number | null)[]
+  context: AnswerContext | undefined
+}
+
+/** The context stored with an idempotent answer (JSON: a tier name may hold any character). */
+export function encodeContext(context: AnswerContext): string {
+  return JSON.stringify([context.day, context.tier])
+}
+
+/** Reads a stored context; also the "<day> <tier>" text of answers stored by earlier releases. */
+export function decodeContext(text: string): AnswerContext {
+  if (text.startsWith('[')) {
+    const [day, tier] = JSON.parse(text) as [string, string]
+    return { day, tier }
+  }
+  const space = text.indexOf(' ')
+  return { day: text.slice(0, space), tier: text.slice(space + 1) }
+}
+
+export function encodeDecision(
+  request: DecisionRequest, keySpace: KeySpace, deadline: (() => number) | undefined,
+): EncodedDecision {
+  const { userId, day, now, idempotency } = request
+  const bucket = bucketOf(userId)
+  const keys = [keySpace.day(userId, day, bucket), keySpace.gauge(userId, bucket)]
+  if (idempotency) keys.push(keySpace.idempotency(userId, idempotency.key, bucket))
+  // Values handed to Redis commands as they are (now, lifetimes, member) go as JSON strings; the
+  // day start and the amounts are numbers, only compared. The member is escaped like any string
+  // that came from outside.
+  let body = `"${request.mode}","${now}",${startOfUtcDay(day)},"${dayKeyTtlSeconds(day, now)}",`
+    + `${JSON.stringify(dirtyMember(userId, day))},"${IDEMPOTENCY_TTL_S}",${request.metrics.length}`
+  for (const m of request.metrics) body += `,"${FIELD[m.metric]}",${m.amount},${m.limit ?? -1}`
+  return {
+    bucket,
+    keys,
+    body,
+    idempotent: idempotency ? [encodeContext(idempotency.context), idempotency.fingerprint] : undefined,
+    limits: request.metrics.map((m) => m.limit),
+    context: idempotency?.context,
+    deadline,
+  }
+}
+
+/** KEYS then ARGV of one decide.lua call for decisions of one bucket; deadlines are read now. */
+export function encodeCall(
+  keySpace: KeySpace, bucket: number, decisions: readonly EncodedDecision[],
+): { numKeys: number; keysThenArgs: ScriptArgument[] } {
+  const keysThenArgs: ScriptArgument[] = [keySpace.dirty(bucket), keySpace.epoch(bucket)]
+  for (const d of decisions) for (const key of d.keys) keysThenArgs.push(key)
+  const numKeys = keysThenArgs.length
+  keysThenArgs.push(decisions.length)
+  for (const d of decisions) {
+    keysThenArgs.push(`[${d.keys.length},${d.deadline ? d.deadline() : 0},${d.body}]`)
+    if (d.idempotent) keysThenArgs.push(d.idempotent[0], d.idempotent[1])
+  }
+  return { numKeys, keysThenArgs }
+}
+
+function statusName(code: number): ScriptStatus {
+  switch (code) {
+    case STATUS.allowed: return 'allowed'
+    case STATUS.denied: return 'denied'
+    case STATUS.needsSeed: return 'needs-seed'
+    case STATUS.deadlinePassed: return 'deadline-passed'
+    case STATUS.keyReused: return 'key-reused'
+    default: throw new Error(`decide.lua returned an unknown status ${code}`)
+  }
+}
+
+/** Splits a call's flat reply into one answer per decision (layout: decide.lua's header). */
+export function decodeReply(flat: readonly (number | string)[], decisions: readonly EncodedDecision[]): ScriptAnswer[] {
+  const answers: ScriptAnswer[] = []
+  let at = 0
+  for (const d of decisions) {
+    const code = flat[at]
+    if (typeof code !== 'number') throw new Error('decide.lua returned fewer answers than decisions')
+    const replayed = code >= REPLAYED
+    const status = statusName(replayed ? code - REPLAYED : code)
+    const deniedIndex = (flat[at + 1] as number) - 1
+    const n = d.limits.length
+    if (status !== 'allowed' && status !== 'denied') {
+      answers.push({ status, replayed: false, deniedIndex, current: [], limits: [], context: d.context })
+      at += 2
+      continue
+    }
+    const current = flat.slice(at + 2, at + 2 + n) as number[]
+    if (!replayed) {
+      answers.push({ status, replayed, deniedIndex, current, limits: [...d.limits], context: d.context })
+      at += 2 + n
+      continue
+    }
+    // A replay answers with the first call's limits and context.
+    const limits = (flat.slice(at + 2 + n, at + 2 + 2 * n) as number[]).map((l) => (l < 0 ? null : l))
+    answers.push({ status, replayed, deniedIndex, current, limits, context: decodeContext(String(flat[at + 2 + 2 * n])) })
+    at += 3 + 2 * n
+  }
+  return answers
+}

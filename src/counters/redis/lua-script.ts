@@ -1,0 +1,53 @@
+/**
+ * Every Lua script loads one way: read from `scripts/<name>.lua` next to this file, sent as
+ * EVALSHA, and loaded with SCRIPT LOAD only when Redis answers NOSCRIPT (after a restart, a
+ * SCRIPT FLUSH or a failover). A NOSCRIPT call ran nothing, so sending it again cannot apply
+ * anything twice. (ioredis' defineCommand would do the same for single calls, but inside a
+ * pipeline it sends full EVAL bodies; the batcher pipelines decide.lua.)
+ */
+import { createHash } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import type { ChainableCommander, Redis } from 'ioredis'
+import { classify, isNoScript } from './errors.ts'
+
+export type ScriptArgument = string | number
+
+export class LuaScript {
+  readonly sha: string
+
+  constructor(
+    readonly name: string,
+    readonly source: string,
+  ) {
+    this.sha = createHash('sha1').update(source).digest('hex')
+  }
+
+  /** The script `scripts/<name>.lua`. */
+  static fromFile(name: string): LuaScript {
+    return new LuaScript(name, readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8'))
+  }
+
+  /** One call; Redis failures come back classified (CounterUnavailableError when transient). */
+  async run(redis: Redis, keys: readonly string[], args: readonly ScriptArgument[]): Promise<unknown> {
+    try {
+      return await redis.evalsha(this.sha, keys.length, ...keys, ...args)
+    } catch (err) {
+      if (!isNoScript(err)) throw classify(err)
+    }
+    try {
+      await this.load(redis)
+      return await redis.evalsha(this.sha, keys.length, ...keys, ...args)
+    } catch (err) {
+      throw classify(err)
+    }
+  }
+
+  /** Queues a call on a pipeline (the caller handles NOSCRIPT replies, see DecisionBatcher). */
+  queue(pipeline: ChainableCommander, numKeys: number, keysThenArgs: readonly ScriptArgument[]): void {
+    pipeline.evalsha(this.sha, numKeys, ...keysThenArgs)
+  }
+
+  async load(redis: Redis): Promise<void> {
+    await redis.script('LOAD', this.source)
+  }
+}

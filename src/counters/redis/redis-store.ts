@@ -1,0 +1,282 @@
+/**
+ * The CounterStore on Redis (standalone today; every key of a call shares one hash tag, so the
+ * same calls run on a cluster). The only code that knows the Lua scripts and the key layout
+ * (keys.ts). Decisions go through a ScriptBatcher (one decide.lua call per bucket per event-loop
+ * turn); seeds, resets and the flusher's reads and acknowledgements are one script call each.
+ *
+ * Decision deadlines: a call that timed out here may still sit in Redis' socket buffer (Redis
+ * paused, not dead) and run later, after the caller answered without it. With
+ * `commandTimeoutMs`, every decision carries a deadline in Redis-server time (ServerClock) past
+ * which decide.lua applies nothing.
+ */
+import type { ChainableCommander, Redis } from 'ioredis'
+import { startOfUtcDay } from '../../clock.ts'
+import { mapLimited } from '../../limited.ts'
+import { METRIC_NAMES } from '../../metrics.ts'
+import type { MetricName } from '../../metrics.ts'
+import { CounterUnavailableError } from '../errors.ts'
+import type {
+  CounterStore, DecisionAnswer, DecisionRequest, DirtyUserDay, MetricCounts, SeedLoader, SeedState, WrittenUserDay,
+} from '../store.ts'
+import { ScriptBatcher } from './batcher.ts'
+import type { BatchCodec } from './batcher.ts'
+import { ServerClock } from './client.ts'
+import { dayKeyTtlSeconds, decodeReply, encodeCall, encodeDecision } from './decide-protocol.ts'
+import type { EncodedDecision, ScriptAnswer } from './decide-protocol.ts'
+import { classify } from './errors.ts'
+import { BUCKETS, FIELD, KeySpace, bucketOf, dirtyMember, parseDirtyMember } from './keys.ts'
+import { LuaScript } from './lua-script.ts'
+
+const SCRIPTS = {
+  decide: LuaScript.fromFile('decide'),
+  seed: LuaScript.fromFile('seed'),
+  reset: LuaScript.fromFile('reset'),
+  ack: LuaScript.fromFile('ack'),
+  read: LuaScript.fromFile('read'),
+}
+
+/** Seeding attempts of one decision before the store gives up (another replica keeps resetting). */
+const MAX_SEED_ATTEMPTS = 3
+/** The flusher's bucket scripts in flight at once (see mapLimited). */
+export const FLUSH_SCRIPTS_IN_FLIGHT = 2
+
+const DAY = /^\d{4}-\d{2}-\d{2}$/
+
+/**
+ * Arguments a script would choke on fail here, before anything is sent: a script that errors
+ * part-way fails every decision of its call, although those before it were applied.
+ */
+function checkRequest(req: DecisionRequest): void {
+  if (!DAY.test(req.day) || Number.isNaN(startOfUtcDay(req.day))) throw new TypeError(`day must be YYYY-MM-DD, got "${req.day}"`)
+  if (!Number.isSafeInteger(req.now)) throw new TypeError('now must be epoch milliseconds')
+  if (req.metrics.length === 0) throw new TypeError('at least one metric is required')
+  for (const m of req.metrics) {
+    if (!Number.isSafeInteger(m.amount)) throw new TypeError(`amount must be a whole number of micro-units, got ${m.amount}`)
+    if (m.limit !== null && !Number.isSafeInteger(m.limit)) throw new TypeError(`limit must be a whole number of micro-units or null, got ${m.limit}`)
+  }
+}
+
+export interface RedisCounterStoreOptions {
+  /** Prefix of every key. @default 'quota:' */
+  prefix?: string
+  /** Reads a user-day from Postgres when Redis lost it. Without one, lost state counts from 0. */
+  loader?: SeedLoader
+  /**
+   * REDIS_COMMAND_TIMEOUT_MS of the decision connection: decisions then carry a deadline in
+   * Redis time, `start()` measures the clock offset. Without it, no deadline is sent.
+   */
+  commandTimeoutMs?: number
+  /**
+   * Command timeout of a second connection that `start()` opens for the flusher's large reads,
+   * so they neither wait behind decisions nor make them wait. Without it, one connection.
+   */
+  bulkCommandTimeoutMs?: number
+}
+
+/** Per-call options only this store understands (tests: a decision's own deadline). */
+export interface RedisDecideOptions {
+  /** Redis-server time (ms) after which this decision must not be applied. */
+  deadline?: () => number
+}
+
+export class RedisCounterStore implements CounterStore {
+  readonly keys: KeySpace
+  readonly #loader: SeedLoader | undefined
+  readonly #seeding = new Map<string, Promise<void>>()
+  readonly #batcher: ScriptBatcher<EncodedDecision, ScriptAnswer>
+  readonly #serverClock: ServerClock | undefined
+  readonly #deadline: (() => number) | undefined
+  readonly #bulkCommandTimeoutMs: number | undefined
+  /** The flusher's connection: the decision one until start() opens its own. */
+  #bulk: Redis
+
+  constructor(
+    readonly redis: Redis,
+    options: RedisCounterStoreOptions = {},
+  ) {
+    this.keys = new KeySpace(options.prefix ?? 'quota:')
+    this.#loader = options.loader
+    this.#bulk = redis
+    this.#bulkCommandTimeoutMs = options.bulkCommandTimeoutMs
+    const keys = this.keys
+    const codec: BatchCodec<EncodedDecision, ScriptAnswer> = {
+      script: SCRIPTS.decide,
+      encode: (bucket, decisions) => encodeCall(keys, bucket, decisions),
+      decode: (reply, decisions) => decodeReply(reply as (number | string)[], decisions),
+    }
+    this.#batcher = new ScriptBatcher(redis, codec)
+    const timeout = options.commandTimeoutMs
+    if (timeout !== undefined) {
+      const serverClock = new ServerClock(redis)
+      this.#serverClock = serverClock
+      this.#deadline = () => serverClock.toServer(Date.now()) + timeout
+    }
+  }
+
+  async start(): Promise<void> {
+    await this.#serverClock?.sync().catch(() => {})
+    this.#serverClock?.start()
+    if (this.#bulkCommandTimeoutMs !== undefined && this.#bulk === this.redis) {
+      const bulk = this.redis.duplicate({ commandTimeout: this.#bulkCommandTimeoutMs, connectionName: 'quota-flusher' })
+      bulk.on('error', () => {}) // the decision client already logs connection trouble
+      this.#bulk = bulk
+      if (bulk.status === 'wait') await bulk.connect().catch(() => {}) // retries by itself
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#serverClock?.stop()
+    if (this.#bulk !== this.redis) {
+      this.#bulk.disconnect()
+      this.#bulk = this.redis
+    }
+  }
+
+  async ping(): Promise<void> {
+    await this.redis.ping()
+  }
+
+  async decide(request: DecisionRequest, options: RedisDecideOptions = {}): Promise<DecisionAnswer> {
+    checkRequest(request)
+    const encoded = encodeDecision(request, this.keys, options.deadline ?? this.#deadline)
+    for (let attempt = 1; ; attempt++) {
+      const answer = await this.#batcher.submit(encoded.bucket, encoded)
+      switch (answer.status) {
+        case 'needs-seed':
+          if (attempt >= MAX_SEED_ATTEMPTS) throw new CounterUnavailableError('redis state could not be rebuilt from postgres')
+          await this.#seed(request.userId, request.day, request.now)
+          continue
+        case 'deadline-passed':
+          throw new CounterUnavailableError('decision deadline passed before redis ran it')
+        default:
+          return {
+            outcome: answer.status,
+            replayed: answer.replayed,
+            deniedIndex: answer.deniedIndex,
+            context: answer.context,
+            current: answer.current,
+            limits: answer.limits,
+          }
+      }
+    }
+  }
+
+  /**
+   * Rebuilds a user's state from Postgres (only after Redis lost it). Concurrent callers for the
+   * same user-day share one Postgres read and one seed.
+   */
+  #seed(userId: string, day: string, now: number): Promise<void> {
+    const key = dirtyMember(userId, day)
+    const pending = this.#seeding.get(key)
+    if (pending) return pending
+    const run = this.#seedOnce(userId, day, now).finally(() => this.#seeding.delete(key))
+    this.#seeding.set(key, run)
+    return run
+  }
+
+  async #seedOnce(userId: string, day: string, now: number): Promise<void> {
+    const state: SeedState = this.#loader
+      ? await this.#loader(userId, day)
+      : { counts: { deployments: 0, api_calls: 0, compute_hours: 0, storage: 0 }, version: 0, gauge: 0 }
+    const { counts } = state
+    await SCRIPTS.seed.run(this.redis, [this.keys.day(userId, day), this.keys.gauge(userId), this.keys.epoch(bucketOf(userId))], [
+      counts.deployments, counts.api_calls, counts.compute_hours, counts.storage, state.version, state.gauge,
+      dayKeyTtlSeconds(day, now), now,
+    ])
+  }
+
+  async reset(userId: string, day: string, now: number, metrics: readonly MetricName[]): Promise<void> {
+    const bucket = bucketOf(userId)
+    const keys = [this.keys.day(userId, day, bucket), this.keys.gauge(userId, bucket), this.keys.dirty(bucket), this.keys.epoch(bucket)]
+    const args = [now, startOfUtcDay(day), dayKeyTtlSeconds(day, now), dirtyMember(userId, day), ...metrics.map((m) => FIELD[m])]
+    for (let attempt = 1; ; attempt++) {
+      const status = await SCRIPTS.reset.run(this.redis, keys, args)
+      if (status === 1) return
+      if (attempt >= MAX_SEED_ATTEMPTS) throw new CounterUnavailableError('redis state could not be rebuilt')
+      await this.#seed(userId, day, now)
+    }
+  }
+
+  /**
+   * Up to `maxPerBucket` dirty user-days of every bucket, oldest first, with their current
+   * values: one pipeline of ZRANGE, then one read.lua call per bucket (its keys share the slot).
+   */
+  async readDirty(maxPerBucket: number): Promise<DirtyUserDay[]> {
+    let rangeReplies: [Error | null, unknown][]
+    try {
+      const ranges = this.#bulk.pipeline()
+      for (let b = 0; b < BUCKETS; b++) ranges.zrange(this.keys.dirty(b), '0', String(maxPerBucket - 1), 'WITHSCORES')
+      rangeReplies = (await ranges.exec()) ?? []
+    } catch (err) {
+      throw classify(err)
+    }
+    const byBucket = new Map<number, Omit<DirtyUserDay, 'state'>[]>()
+    rangeReplies.forEach(([err, raw], bucket) => {
+      if (err) throw classify(err)
+      const flat = raw as string[]
+      if (flat.length === 0) return
+      const list: Omit<DirtyUserDay, 'state'>[] = []
+      for (let i = 0; i < flat.length; i += 2) {
+        const { userId, day } = parseDirtyMember(flat[i] as string)
+        list.push({ bucket, userId, day, since: Number(flat[i + 1]) })
+      }
+      byBucket.set(bucket, list)
+    })
+    const out: DirtyUserDay[] = []
+    await mapLimited([...byBucket], FLUSH_SCRIPTS_IN_FLIGHT, async ([bucket, list]) => {
+      const keys = list.map((m) => this.keys.day(m.userId, m.day, bucket))
+      const rows = String(await SCRIPTS.read.run(this.#bulk, keys, [])).split(';')
+      list.forEach((m, i) => out.push({ ...m, state: parseReadRow(rows[i] ?? '-') }))
+    })
+    return out
+  }
+
+  async acknowledge(bucket: number, written: readonly WrittenUserDay[], readAt = 0): Promise<number> {
+    if (written.length === 0) return 0
+    const keys = [this.keys.dirty(bucket), ...written.map((w) => this.keys.day(w.userId, w.day, bucket))]
+    const args = [readAt, ...written.flatMap((w) => [dirtyMember(w.userId, w.day), w.version])]
+    return Number(await SCRIPTS.ack.run(this.#bulk, keys, args))
+  }
+
+  async oldestDirty(): Promise<number | null> {
+    let oldest: number | null = null
+    for (const flat of await this.#perBucket((p, key) => p.zrange(key, '0', '0', 'WITHSCORES'))) {
+      const pair = flat as string[]
+      if (pair.length >= 2) {
+        const since = Number(pair[1])
+        if (oldest === null || since < oldest) oldest = since
+      }
+    }
+    return oldest
+  }
+
+  async dirtyCounts(): Promise<number[]> {
+    return (await this.#perBucket((p, key) => p.zcard(key))).map(Number)
+  }
+
+  /** One command per bucket's dirty set, in one pipeline; the replies in bucket order. */
+  async #perBucket(command: (pipeline: ChainableCommander, dirtyKey: string) => void): Promise<unknown[]> {
+    try {
+      const pipeline = this.#bulk.pipeline()
+      for (let b = 0; b < BUCKETS; b++) command(pipeline, this.keys.dirty(b))
+      const replies = (await pipeline.exec()) ?? []
+      return replies.map(([err, reply]) => {
+        if (err) throw err
+        return reply
+      })
+    } catch (err) {
+      throw classify(err)
+    }
+  }
+}
+
+/** A read.lua row "d,a,c,s,v" — registry order, then the version — or "-" for a day hash that is gone. */
+function parseReadRow(row: string): DirtyUserDay['state'] {
+  if (row === '-') return null
+  const values = row.split(',').map(Number)
+  const counts = {} as MetricCounts
+  METRIC_NAMES.forEach((m, i) => {
+    counts[m] = values[i] ?? 0
+  })
+  return { counts, version: values[4] ?? 0 }
+}

@@ -1,0 +1,132 @@
+/**
+ * The CounterStore: what the usage service, the flusher and the midnight job need from the place
+ * counters live. It knows users, UTC days, metrics and integer micro-units — never tiers, HTTP or
+ * Postgres. Every implementation gives the same answers to the same calls (the conformance suite
+ * in test/counters/conformance runs against each); docs/architecture.md describes the Redis one.
+ *
+ * Failures: a store that cannot decide now (unreachable, timed out, its state could not be
+ * rebuilt) rejects with CounterUnavailableError, and the caller's fail mode applies. A denial is
+ * an answer, never an error.
+ */
+import type { MetricName } from '../metrics.ts'
+
+export { CounterUnavailableError } from './errors.ts'
+
+/**
+ * check: compare, change nothing. consume: compare every metric, then add all or none.
+ * increment: add without comparing (actual usage). refund: subtract (never below 0).
+ */
+export type DecisionMode = 'check' | 'consume' | 'increment' | 'refund'
+
+/** Counts of one user-day in micro-units, one per metric (storage: the gauge's value that day). */
+export type MetricCounts = Record<MetricName, number>
+
+export interface MetricAmount {
+  metric: MetricName
+  /** Micro-units; negative only to lower the storage gauge (deleted data). */
+  amount: number
+  /** Micro-units; null = unlimited. Only check and consume compare against it. */
+  limit: number | null
+}
+
+/** What an idempotent answer remembers besides its numbers, so a replay answers as the first call did. */
+export interface AnswerContext {
+  /** The UTC day the first call counted for. */
+  day: string
+  /** The tier the first call was decided with. */
+  tier: string
+}
+
+export interface IdempotencyRequest {
+  /** 1–128 printable ASCII characters, scoped to the user; kept 24 h. */
+  key: string
+  /** Identifies the call's parameters: the same key with other parameters is refused (`key-reused`). */
+  fingerprint: string
+  context: AnswerContext
+}
+
+export interface DecisionRequest {
+  mode: DecisionMode
+  /** Lower-case UUID. */
+  userId: string
+  /** UTC day `YYYY-MM-DD` the decision counts for. */
+  day: string
+  /** Decision time, ms (from the injectable clock): dirty marks and key lifetimes use it. */
+  now: number
+  /** One or more metrics, in registry order; a denial names the first one over its limit. */
+  metrics: MetricAmount[]
+  idempotency?: IdempotencyRequest
+}
+
+export interface DecisionAnswer {
+  /** allowed: admitted (and applied unless checking); denied: nothing changed; key-reused: refused. */
+  outcome: 'allowed' | 'denied' | 'key-reused'
+  /** Replayed from the idempotency key: nothing was counted now. */
+  replayed: boolean
+  /** Index into `metrics` of the first denied metric, -1 when none. */
+  deniedIndex: number
+  /** The first call's context on a replay; the request's own otherwise (undefined without a key). */
+  context: AnswerContext | undefined
+  /** Values after the call (before it when denied or checked), micro-units; empty when key-reused. */
+  current: number[]
+  /** Limits the decision used (a replay: the first call's), micro-units; null = unlimited. */
+  limits: (number | null)[]
+}
+
+/** A user-day as the history (daily_usage) remembers it, to rebuild a store that lost its state. */
+export interface SeedState {
+  counts: MetricCounts
+  /** Version of the stored row: a rebuilt state continues from it, so later flushes overwrite. */
+  version: number
+  /** The storage gauge as it stands (the latest recorded value up to that day). */
+  gauge: number
+}
+
+/** Reads a user-day from the history; the store calls it only after losing that user's state. */
+export type SeedLoader = (userId: string, day: string) => Promise<SeedState>
+
+/** A user-day changed since it was last written to the history. */
+export interface DirtyUserDay {
+  /** The store's partition holding it: acknowledgements go per partition. */
+  bucket: number
+  userId: string
+  day: string
+  /** When its oldest unwritten change happened (ms). */
+  since: number
+  /** Its counts and version now, or null when the day is gone (expired): nothing left to write. */
+  state: { counts: MetricCounts; version: number } | null
+}
+
+/** A user-day written to the history at `version`. */
+export interface WrittenUserDay {
+  userId: string
+  day: string
+  version: number
+}
+
+export interface CounterStore {
+  /**
+   * One decision, atomic on its own. Implementations may batch concurrent calls into fewer round
+   * trips; each still sees the state the ones before it left.
+   */
+  decide(request: DecisionRequest): Promise<DecisionAnswer>
+  /** Zeroes `metrics` of a user's day (storage: also the gauge). Marks the user-day dirty. */
+  reset(userId: string, day: string, now: number, metrics: readonly MetricName[]): Promise<void>
+  /** Up to `maxPerBucket` dirty user-days of every bucket, oldest first, with their state. */
+  readDirty(maxPerBucket: number): Promise<DirtyUserDay[]>
+  /**
+   * Takes written user-days of one bucket off the dirty marks, unless they changed since their
+   * `version`: those stay, marked dirty since `readAt`. Returns how many were taken off.
+   */
+  acknowledge(bucket: number, written: readonly WrittenUserDay[], readAt?: number): Promise<number>
+  /** Time (ms) of the oldest unwritten change, or null when everything is written. */
+  oldestDirty(): Promise<number | null>
+  /** Dirty user-days per bucket. */
+  dirtyCounts(): Promise<number[]>
+  /** Resolves when the store can decide now; rejects with the reason otherwise (readiness). */
+  ping(): Promise<void>
+  /** Starts background work (clock sync, extra connections). */
+  start(): Promise<void>
+  /** Stops background work and closes what the store opened itself. */
+  close(): Promise<void>
+}

@@ -1,0 +1,152 @@
+/**
+ * createQuotaEngine: the one wiring of quota's parts — counter store, limits cache (LISTEN),
+ * usage and admin services, flusher, leader lock, midnight scheduler — built, started and
+ * stopped in one place. The Fastify plugin, buildApp, the tests' helpers and the benchmarks all
+ * use it; a caller passes options, never re-wires the graph. docs/architecture.md draws it.
+ */
+import type { Redis } from 'ioredis'
+import type { Logger } from 'pino'
+import { systemClock } from './clock.ts'
+import type { Clock } from './clock.ts'
+import type { FailMode } from './config.ts'
+import { RedisCounterStore } from './counters/redis/redis-store.ts'
+import { warnAboutRedisDurability } from './counters/redis/settings-check.ts'
+import { createPool } from './db/client.ts'
+import type { Pool } from './db/client.ts'
+import { loadRecordedUserDay } from './db/daily-usage.ts'
+import { LimitsCache } from './limits/limits-cache.ts'
+import { Flusher } from './persistence/flusher.ts'
+import { LeaderLock } from './persistence/leader.ts'
+import { Scheduler } from './persistence/scheduler.ts'
+import { AdminService } from './usage/admin.ts'
+import { UsageService } from './usage/service.ts'
+
+export type EngineLogger = Pick<Logger, 'info' | 'warn' | 'error' | 'debug'>
+
+export interface QuotaEngineOptions {
+  /** ioredis client for decisions (createRedisClient: bounded timeouts, no offline queue). Not closed by the engine. */
+  redis: Redis
+  /** A pg Pool (not ended by the engine), or a connection string (a pool is created and ended with it). */
+  database: Pool | string
+  /** Connection string for the LISTEN and leader-lock connections. @default the pool's connectionString */
+  databaseUrl?: string
+  /** Prefix of every Redis key. @default 'quota:' */
+  prefix?: string
+  /** Tier of users first seen. @default 'free' */
+  defaultTier?: string
+  /** When Redis cannot be reached: `closed` = 503, `open` = allow and log. @default 'closed' */
+  failMode?: FailMode
+  /** Longest a decision waits for Redis, ms; must match the client's commandTimeout. @default 250 */
+  commandTimeoutMs?: number
+  /** Redis -> Postgres flush period, ms. @default 1000 */
+  flushIntervalMs?: number
+  /** Source of "now" for usage days. @default the system clock */
+  clock?: Clock
+  /** Run the flusher's timer in this process (the flusher exists either way). @default true */
+  flush?: boolean
+  /** Take part in the leader election that runs the midnight job. @default true */
+  scheduler?: boolean
+  /** Check Redis' eviction and persistence settings at start and warn. @default true */
+  checkRedisSettings?: boolean
+  /** Answer repeated denials from memory for this long, ms (0 = off). @default 1000 */
+  denyCacheMs?: number
+  logger?: EngineLogger
+}
+
+export interface QuotaEngine {
+  /** The hot path: checkLimit, consume, incrementUsage, refund, status. */
+  readonly usage: UsageService
+  /** Resets, any user's status, tier and limit changes. */
+  readonly admin: AdminService
+  readonly store: RedisCounterStore
+  readonly limits: LimitsCache
+  readonly flusher: Flusher
+  /** Undefined when `scheduler: false`. */
+  readonly leader: LeaderLock | undefined
+  readonly scheduler: Scheduler | undefined
+  readonly clock: Clock
+  readonly pool: Pool
+  /** Stops the jobs, makes the final flush (bounded), closes what the engine opened. Idempotent. */
+  close(): Promise<void>
+}
+
+/** Longest the final flush may take at shutdown (SIGTERM must end within 10 s). */
+const FINAL_FLUSH_BUDGET_MS = 6000
+/** Command timeout of the flusher's own Redis connection: its reads are large. */
+const FLUSH_COMMAND_TIMEOUT_MS = 10_000
+
+function connectionString(database: Pool | string, databaseUrl: string | undefined): string {
+  const url = databaseUrl ?? (typeof database === 'string'
+    ? database
+    : (database as Pool & { options: { connectionString?: string } }).options.connectionString)
+  if (!url) throw new Error('quota: pass databaseUrl (the pool has no connectionString)')
+  return url
+}
+
+/** Builds and starts the engine; if any part fails to start, what started is stopped again. */
+export async function createQuotaEngine(options: QuotaEngineOptions): Promise<QuotaEngine> {
+  const clock = options.clock ?? systemClock
+  const logger = options.logger
+  const databaseUrl = connectionString(options.database, options.databaseUrl)
+  const ownsPool = typeof options.database === 'string'
+  const pool = typeof options.database === 'string' ? createPool(options.database, { logger }) : options.database
+
+  const store = new RedisCounterStore(options.redis, {
+    prefix: options.prefix ?? 'quota:',
+    loader: (userId, day) => loadRecordedUserDay(pool, userId, day),
+    commandTimeoutMs: options.commandTimeoutMs ?? 250,
+    bulkCommandTimeoutMs: FLUSH_COMMAND_TIMEOUT_MS,
+  })
+  const limits = new LimitsCache({ pool, databaseUrl, defaultTier: options.defaultTier ?? 'free', logger })
+  const flusher = new Flusher({ store, pool, clock, intervalMs: options.flushIntervalMs ?? 1000, logger })
+  const leader = options.scheduler === false ? undefined : new LeaderLock({ databaseUrl, logger })
+  const scheduler = leader
+    ? new Scheduler({ pool, flusher, clock, isLeader: () => leader.isLeader, logger })
+    : undefined
+  const usage = new UsageService({
+    store, limits, clock, logger, failMode: options.failMode ?? 'closed', denyCacheMs: options.denyCacheMs,
+  })
+  const admin = new AdminService({ pool, store, limits, usage, clock, flushAll: () => flusher.flushAll() })
+  const flushing = options.flush !== false
+
+  let closing: Promise<void> | undefined
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      await scheduler?.stop()
+      await leader?.stop()
+      // The last flush: everything admitted reaches daily_usage before the process exits. Bounded,
+      // so a hung Postgres cannot keep the process past its shutdown budget: whatever is not
+      // written stays marked dirty and the next flush (any replica, or this one restarted) writes it.
+      if (flushing) await finalFlush(flusher, logger)
+      await store.close()
+      await limits.stop()
+      if (ownsPool) await pool.end()
+    })()
+    return closing
+  }
+
+  try {
+    await limits.start()
+    await store.start()
+    if (options.checkRedisSettings !== false) await warnAboutRedisDurability(options.redis, logger)
+    if (flushing) flusher.start()
+    if (leader && scheduler) {
+      await leader.start()
+      scheduler.start()
+    }
+  } catch (err) {
+    await close().catch(() => {})
+    throw err
+  }
+  return { usage, admin, store, limits, flusher, leader, scheduler, clock, pool, close }
+}
+
+async function finalFlush(flusher: Flusher, logger: EngineLogger | undefined): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const budget = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`not done within ${FINAL_FLUSH_BUDGET_MS} ms`)), FINAL_FLUSH_BUDGET_MS)
+  })
+  await Promise.race([flusher.stop(), budget])
+    .catch((err: Error) => logger?.error({ err: err.message }, 'final usage flush failed; changes stay in redis for the next flush'))
+    .finally(() => clearTimeout(timer))
+}
