@@ -4,9 +4,10 @@
  */
 import { generateKeyPairSync } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { ConfigError, DEV_SECRET_FILE, loadConfig, redactedConfig } from '../src/config.ts'
+import { ConfigError, DEV_SECRET_FILE, EnvSchema, loadConfig, redactedConfig } from '../src/config.ts'
 
 const SECRET = 'a-test-secret-that-is-long-enough-32b'
 
@@ -134,4 +135,81 @@ t.test('redactedConfig never contains the secret or a password', async (t) => {
 
   const dev = loadConfig({}, { cwd })
   t.notOk(JSON.stringify(redactedConfig(dev)).includes(dev.jwt.secret ?? '<none>'), 'no dev secret either')
+})
+
+t.test('hardening variables (issue 10): defaults, valid values, refusals', async (t) => {
+  const cwd = t.testdir()
+  t.match(loadConfig({ JWT_SECRET: SECRET }, { cwd }), {
+    jwt: { issuer: undefined, audience: undefined, maxLifetimeS: 2_592_000, clockSkewS: 30 },
+    http: { requestTimeoutMs: 10_000, headersTimeoutMs: 5000, keepAliveTimeoutMs: 72_000 },
+    docs: true,
+    redisAllowNoPersistence: false,
+    idempotencyKeysPerUser: 10_000,
+  })
+
+  const config = loadConfig(
+    {
+      JWT_SECRET: SECRET, JWT_ISSUER: 'https://issuer.example/', JWT_AUDIENCE: 'quota, billing ,',
+      JWT_MAX_LIFETIME_S: '3600', JWT_CLOCK_SKEW_S: '0', HTTP_REQUEST_TIMEOUT_MS: '20000',
+      HTTP_HEADERS_TIMEOUT_MS: '20000', HTTP_KEEP_ALIVE_TIMEOUT_MS: '1000', DOCS_ENABLED: 'off',
+      REDIS_ALLOW_NO_PERSISTENCE: 'yes', IDEMPOTENCY_KEYS_PER_USER: '1000000',
+    },
+    { cwd },
+  )
+  t.match(config, {
+    jwt: { secret: SECRET, issuer: 'https://issuer.example/', maxLifetimeS: 3600, clockSkewS: 0 },
+    http: { requestTimeoutMs: 20_000, headersTimeoutMs: 20_000, keepAliveTimeoutMs: 1000 },
+    docs: false,
+    redisAllowNoPersistence: true,
+    idempotencyKeysPerUser: 1_000_000,
+  })
+  t.same(config.jwt.audience, ['quota', 'billing'], 'a comma-separated list, blanks dropped')
+
+  const cases: Array<[string, string]> = [
+    ['JWT_AUDIENCE', ' , '],
+    ['JWT_MAX_LIFETIME_S', '59'],
+    ['JWT_MAX_LIFETIME_S', '31536001'],
+    ['JWT_CLOCK_SKEW_S', '301'],
+    ['JWT_CLOCK_SKEW_S', '1.5'],
+    ['HTTP_REQUEST_TIMEOUT_MS', '999'],
+    ['HTTP_HEADERS_TIMEOUT_MS', '600001'],
+    ['HTTP_KEEP_ALIVE_TIMEOUT_MS', '10s'],
+    ['DOCS_ENABLED', 'sometimes'],
+    ['REDIS_ALLOW_NO_PERSISTENCE', 'maybe'],
+    ['IDEMPOTENCY_KEYS_PER_USER', '0'],
+    ['IDEMPOTENCY_KEYS_PER_USER', '1000001'],
+  ]
+  for (const [name, value] of cases) {
+    t.equal(refusal(() => loadConfig({ JWT_SECRET: SECRET, [name]: value }, { cwd })), name, `${name}=${JSON.stringify(value)} refused`)
+  }
+})
+
+t.test('HTTP_HEADERS_TIMEOUT_MS may not exceed HTTP_REQUEST_TIMEOUT_MS', async (t) => {
+  const cwd = t.testdir()
+  // Each value alone is in range; only the pair is wrong — including against the other's default.
+  t.equal(refusal(() => loadConfig({ JWT_SECRET: SECRET, HTTP_HEADERS_TIMEOUT_MS: '10001' }, { cwd })), 'HTTP_HEADERS_TIMEOUT_MS')
+  t.equal(refusal(() => loadConfig({ JWT_SECRET: SECRET, HTTP_REQUEST_TIMEOUT_MS: '4999' }, { cwd })), 'HTTP_HEADERS_TIMEOUT_MS')
+  t.equal(loadConfig({ JWT_SECRET: SECRET, HTTP_HEADERS_TIMEOUT_MS: '10000' }, { cwd }).http.headersTimeoutMs, 10_000, 'equal is allowed')
+  t.notOk(existsSync(join(cwd, DEV_SECRET_FILE)), 'no dev secret written while refusing')
+  t.equal(refusal(() => loadConfig({ HTTP_HEADERS_TIMEOUT_MS: '10001' }, { cwd })), 'HTTP_HEADERS_TIMEOUT_MS')
+  t.notOk(existsSync(join(cwd, DEV_SECRET_FILE)), 'not even when the dev secret would be needed')
+})
+
+t.test('redactedConfig shows issuer and audience, still no secret', async (t) => {
+  const config = loadConfig(
+    { JWT_SECRET: SECRET, JWT_ISSUER: 'iss-1', JWT_AUDIENCE: 'aud-1,aud-2' },
+    { cwd: t.testdir() },
+  )
+  const redacted = redactedConfig(config)
+  t.match(redacted, { jwt: { source: 'JWT_SECRET', issuer: 'iss-1', audience: ['aud-1', 'aud-2'], maxLifetimeS: 2_592_000 } })
+  t.notOk(JSON.stringify(redacted).includes(SECRET), 'no JWT secret')
+})
+
+t.test('README documents every variable of the schema', async (t) => {
+  const readme = readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', 'README.md'), 'utf8')
+  const section = readme.slice(readme.indexOf('## Configuration'), readme.indexOf('## API'))
+  for (const name of Object.keys(EnvSchema.properties)) {
+    // As a row (`NAME`) or, for NODE_ENV, as a value in the notes (`NODE_ENV=production`).
+    t.match(section, new RegExp(`\`${name}[\`=]`), `${name} is in README.md's configuration section`)
+  }
 })
