@@ -4,7 +4,7 @@
  * stopped in one place. The Fastify plugin, buildApp, the tests' helpers and the benchmarks all
  * use it; a caller passes options, never re-wires the graph. docs/architecture.md draws it.
  */
-import type { Redis } from 'ioredis'
+import type { Redis } from './counters/redis/client.ts'
 import type { Logger } from 'pino'
 import { systemClock } from './clock.ts'
 import type { Clock } from './clock.ts'

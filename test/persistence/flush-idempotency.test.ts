@@ -275,13 +275,19 @@ t.test('a read too big for the Redis timeout shrinks the pass instead of failing
   await spend(h, users, 1)
   // The decisions' connection times out on big reads (250 ms by default); here: above 8 per bucket.
   const sizes: number[] = []
-  const read = h.store.readDirty.bind(h.store)
-  const store = Object.create(h.store) as typeof h.store
-  store.readDirty = async (maxPerBucket: number) => {
+  const readDirty = async (maxPerBucket: number) => {
     sizes.push(maxPerBucket)
     if (maxPerBucket > 8) throw new CounterUnavailableError('redis unavailable: Command timed out')
-    return read(maxPerBucket)
+    return h.store.readDirty(maxPerBucket)
   }
+  // The harness' store with readDirty replaced (its methods bound to it: they use private fields).
+  const store = new Proxy(h.store, {
+    get: (target, prop) => {
+      if (prop === 'readDirty') return readDirty
+      const value: unknown = Reflect.get(target, prop, target)
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value
+    },
+  })
   const flusher = new Flusher({ store, pool: h.pool, intervalMs: 20, perBucket: 64 })
   flusher.start()
   const deadline = Date.now() + 10_000

@@ -10,6 +10,9 @@
  * request is never counted afterwards.
  */
 import { Redis } from 'ioredis'
+
+/** The client type, for the composition roots (nothing outside counters/redis imports ioredis). */
+export type { Redis }
 import type { Logger } from 'pino'
 import { redactUrl } from '../../config.ts'
 

@@ -74,7 +74,7 @@ class Model {
     let current = before
     if (deniedIndex < 0 && cmd.mode !== 'check') {
       const sign = cmd.mode === 'refund' ? -1 : 1
-      current = cmd.metrics.map(([m, a], i) => Math.max(0, (before[i] ?? 0) + sign * a))
+      current = cmd.metrics.map(([, a], i) => Math.max(0, (before[i] ?? 0) + sign * a))
       cmd.metrics.forEach(([m], i) => this.set(cmd.user, m, current[i] ?? 0))
     }
     const answer: DecisionAnswer = {
