@@ -4,7 +4,7 @@
  */
 import { sql } from 'drizzle-orm'
 import {
-  bigint, check, date, foreignKey, index, integer, numeric, pgTable, primaryKey, text, timestamp, uuid,
+  bigint, bigserial, check, date, foreignKey, index, integer, jsonb, numeric, pgTable, primaryKey, text, timestamp, uuid,
 } from 'drizzle-orm/pg-core'
 
 export const usageLimits = pgTable(
@@ -77,4 +77,29 @@ export const schedulerRuns = pgTable(
     detail: text('detail'),
   },
   (t) => [primaryKey({ name: 'scheduler_runs_pkey', columns: [t.job, t.day] })],
+)
+
+/**
+ * One row per admin action (manual reset, tier change, limit edit), whatever its outcome: who did
+ * what, when, and how it ended, readable by SQL. No foreign key to users: the trail outlives them.
+ */
+export const adminAudit = pgTable(
+  'admin_audit',
+  {
+    id: bigserial('id', { mode: 'number' }).primaryKey(),
+    at: timestamp('at', { withTimezone: true }).notNull().defaultNow(),
+    // The admin token's sub; NULL for an action started by code rather than by an admin request.
+    actor: uuid('actor'),
+    action: text('action').notNull(),
+    // What the action named: user_id / tier / metric.
+    target: jsonb('target').notNull().default({}),
+    outcome: text('outcome').notNull(),
+    detail: jsonb('detail'),
+  },
+  (t) => [
+    check('admin_audit_action', sql`${t.action} in ('manual-reset', 'set-tier', 'update-limits')`),
+    check('admin_audit_outcome', sql`${t.outcome} in ('ok', 'partial', 'error', 'not-found')`),
+    index('admin_audit_at_idx').on(t.at),
+    index('admin_audit_actor_at_idx').on(t.actor, t.at),
+  ],
 )
