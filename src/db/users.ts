@@ -3,9 +3,14 @@
  * race (two first requests of one user, two replicas) relies on ON CONFLICT instead of
  * read-then-write.
  */
+import { eq } from 'drizzle-orm'
 import { isUuid } from '../ids.ts'
 import type { Pool } from './client.ts'
 import { UnknownTierError, pgCode, pgConstraint } from './errors.ts'
+import { queryBuilder } from './query-builder.ts'
+import { users } from './schema.ts'
+
+const USER_COLUMNS = { id: users.id, username: users.username, tier: users.tier }
 
 export interface UserRow {
   id: string
@@ -26,11 +31,8 @@ async function insertIfAbsent(pool: Pool, id: string, username: string, tier: st
   try {
     // No conflict target: a clash on the id (already provisioned) or on the username (taken) both
     // leave the row alone, and a concurrent insert of the same id waits for that one and yields.
-    const { rows } = await pool.query<UserRow>(
-      `INSERT INTO users (id, username, tier) VALUES ($1, $2, $3)
-       ON CONFLICT DO NOTHING RETURNING id::text, username, tier`,
-      [id, username, tier],
-    )
+    const rows = await queryBuilder(pool).insert(users).values({ id, username, tier })
+      .onConflictDoNothing().returning(USER_COLUMNS)
     return rows[0]
   } catch (err) {
     if (pgCode(err) === '23503' && pgConstraint(err) === 'users_tier_fkey') {
@@ -66,7 +68,7 @@ export async function ensureUser(pool: Pool, input: EnsureUserInput): Promise<Us
 
 /** The user with this id, or undefined. */
 export async function getUser(pool: Pool, id: string): Promise<UserRow | undefined> {
-  const { rows } = await pool.query<UserRow>('SELECT id::text, username, tier FROM users WHERE id = $1', [id.toLowerCase()])
+  const rows = await queryBuilder(pool).select(USER_COLUMNS).from(users).where(eq(users.id, id.toLowerCase()))
   return rows[0]
 }
 
@@ -76,10 +78,7 @@ export async function getUser(pool: Pool, id: string): Promise<UserRow | undefin
  */
 export async function setUserTier(pool: Pool, id: string, tier: string): Promise<UserRow | undefined> {
   try {
-    const { rows } = await pool.query<UserRow>(
-      'UPDATE users SET tier = $2 WHERE id = $1 RETURNING id::text, username, tier',
-      [id.toLowerCase(), tier],
-    )
+    const rows = await queryBuilder(pool).update(users).set({ tier }).where(eq(users.id, id.toLowerCase())).returning(USER_COLUMNS)
     return rows[0]
   } catch (err) {
     if (pgCode(err) === '23503' && pgConstraint(err) === 'users_tier_fkey') throw new UnknownTierError(tier)

@@ -15,7 +15,9 @@ async function usersQueries<T>(fn: () => Promise<T>): Promise<{ result: T; queri
   const original = pool.query
   let queries = 0
   pool.query = function (this: unknown, ...args: unknown[]) {
-    const text = typeof args[0] === 'string' ? args[0] : ''
+    // A string, or a query config ({ text, values }) as drizzle sends it.
+    const query = args[0]
+    const text = typeof query === 'string' ? query : String((query as { text?: unknown } | null)?.text ?? '')
     if (/\busers\b/.test(text)) queries++
     return original.apply(this, args)
   }
