@@ -138,7 +138,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
 
   registerErrorHandling(app)
   // JSON only: Fastify's built-in text/plain parser would let `curl -d` bodies reach validation
-  // as strings (a 400); DESIGN 1.8 wants any body that is not application/json refused with 415.
+  // as strings (a 400); the contract refuses any body that is not application/json with 415.
   app.removeContentTypeParser('text/plain')
   // A JSON API renders nothing, so no CSP; the other headers (nosniff, frame-ancestors...) stay.
   await app.register(helmet, { global: true, contentSecurityPolicy: false })

@@ -1,4 +1,4 @@
-/** User ids are UUIDs (DESIGN 1.5), compared case-insensitively. The one pattern everything uses. */
+/** User ids are UUIDs, compared case-insensitively. The one pattern everything uses. */
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 export function isUuid(value: unknown): value is string {

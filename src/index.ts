@@ -1,5 +1,5 @@
 /**
- * Package exports: the Fastify plugin for use inside another app (DESIGN 1.9), the whole service
+ * Package exports: the Fastify plugin for use inside another app (README, "In your own Fastify app"), the whole service
  * app, and the building blocks' types.
  *
  * @example

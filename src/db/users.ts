@@ -43,7 +43,7 @@ async function insertIfAbsent(pool: Pool, id: string, username: string, tier: st
 }
 
 /**
- * The user of a token, created on first sight (DESIGN.md 1.4): tier = `defaultTier`, username =
+ * The user of a token, created on first sight: tier = `defaultTier`, username =
  * the claim, else the id; when the claimed username belongs to another id, the id is used. An
  * existing row is never changed. Safe under any concurrency.
  *

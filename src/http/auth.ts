@@ -1,5 +1,5 @@
 /**
- * Authentication (DESIGN.md 1.4): `Authorization: Bearer <JWT>`, HS256 with JWT_SECRET (or the dev
+ * Authentication: `Authorization: Bearer <JWT>`, HS256 with JWT_SECRET (or the dev
  * secret) or RS256/ES256 with JWT_PUBLIC_KEY (verify-only). The accepted algorithms are fixed by
  * the key, so `alg: none` and HS/RS confusion are refused; `exp` is required.
  *

@@ -1,5 +1,5 @@
 /**
- * The error envelope of DESIGN.md 1.8: every non-2xx body is
+ * The error envelope of the API (README, API): every non-2xx body is
  * `{"detail": {"error": "<title>", "message": "<sentence>", ...extra}}`.
  *
  * Errors are classified in ONE place (the handler below): routes and plugins throw, and never
@@ -8,7 +8,7 @@
 import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { InvalidAmountError } from '../metrics.ts'
-import { UnknownTierError, UsageUnavailableError } from '../usage/errors.ts'
+import { IdempotencyKeyLimitError, TotalTooLargeError, UnknownTierError, UsageUnavailableError } from '../usage/errors.ts'
 
 export interface ErrorBody {
   detail: { error: string; message: string; [key: string]: unknown }
@@ -141,6 +141,16 @@ function handle(error: FastifyError, request: FastifyRequest, reply: FastifyRepl
   if (error.validation && error.validation.length > 0) {
     const { field, message } = describeValidation(pickIssue(error.validation as ValidationIssue[]), error.validationContext)
     return send(reply, 400, errorBody('Invalid request', message, { field }))
+  }
+  if (error instanceof TotalTooLargeError) {
+    return send(reply, 400, errorBody('Invalid request', error.message, { field: error.field, metric: error.metric, maximum: error.maximum }))
+  }
+  if (error instanceof IdempotencyKeyLimitError) {
+    // Not the usage-limit 429 (no metric, tier or current): the route's 429 schema would drop or
+    // demand fields, so this envelope is serialized as it is.
+    reply.serializer((payload: unknown) => JSON.stringify(payload))
+    return send(reply, 429, errorBody('Too many idempotency keys', error.message, { field: 'idempotency_key' }),
+      { 'Retry-After': String(error.retryAfterSeconds) })
   }
   if (error instanceof InvalidAmountError) {
     return send(reply, 400, errorBody('Invalid request', error.message, { field: error.field }))

@@ -1,5 +1,5 @@
 /**
- * The quota Fastify plugin (DESIGN 1.9), shaped like @fastify/rate-limit: options validated once at
+ * The quota Fastify plugin (README, "In your own Fastify app"), shaped like @fastify/rate-limit: options validated once at
  * registration; decorators `usage` and `requireUsageLimit`; an onRoute hook that turns a route's
  * `config.usage` into the same guard, so routes without it pay nothing and a bad value fails at
  * start-up; refunds when a guarded handler fails. Everything behind it — store, limits, flusher,

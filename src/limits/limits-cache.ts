@@ -126,7 +126,7 @@ export class LimitsCache {
   }
 
   /**
-   * The user's row, created on first sight with the default tier (DESIGN 1.4) — the one place users
+   * The user's row, created on first sight with the default tier (docs/architecture.md, Auth) — the one place users
    * are provisioned: the auth layer calls it for a token's `sub`, decisions for an unknown id.
    * Known users (the common case) cost one indexed read; the tier read is cached.
    */

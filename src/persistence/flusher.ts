@@ -75,8 +75,8 @@ export interface PassShape {
  * Small steps for a flush that runs beside heavy decision traffic (the midnight close: every
  * user's first decision of the new day arrives while the whole closed day is written). Each
  * Redis script reads 32 user-days (two scripts in flight, as always) and each INSERT carries 500
- * rows, one INSERT at a time, so decisions slip in between: in the midnight benchmark (100 000 users) decision p99 rose 1.9x during the
- * close instead of 11.6x, and the close took 8.8 s instead of 5.8 s.
+ * rows, one INSERT at a time, so decisions slip in between (BENCHMARKS.md, item 5 of
+ * the speed work, has the decision latency during a close with and without pacing).
  */
 export const PACED: Required<PassShape> = { perBucket: 32, batchSize: 500, writeConcurrency: 1 }
 

@@ -1,5 +1,5 @@
 /**
- * The demo route of DESIGN 1.8 (DEMO_ROUTES=true): one deployment, guarded in one line.
+ * The demo route (DEMO_ROUTES=true): one deployment, guarded in one line.
  */
 import { randomUUID } from 'node:crypto'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'

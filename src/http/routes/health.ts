@@ -1,5 +1,5 @@
 /**
- * Liveness and readiness (DESIGN.md 1.8). `/ready` probes the service's OWN Redis client and
+ * Liveness and readiness. `/ready` probes the service's OWN Redis client and
  * Postgres pool — the connections decisions and flushes use — so a load balancer stops sending
  * traffic to a replica whose connections are broken even when the servers themselves are up.
  */
