@@ -50,6 +50,8 @@ export interface QuotaEngineOptions {
   checkRedisSettings?: boolean
   /** Answer repeated denials from memory for this long, ms (0 = off). @default 1000 */
   denyCacheMs?: number
+  /** Most idempotency keys one user holds at once (IDEMPOTENCY_KEYS_PER_USER). @default 10000 */
+  idempotencyKeysPerUser?: number
   logger?: EngineLogger
 }
 
@@ -93,9 +95,11 @@ export async function createQuotaEngine(options: QuotaEngineOptions): Promise<Qu
 
   const store = new RedisCounterStore(options.redis, {
     prefix: options.prefix ?? 'quota:',
-    loader: (userId, day) => loadRecordedUserDay(pool, userId, day),
+    loader: (userId, day) => loadRecordedUserDay(pool, userId, day,
+      (detail) => logger?.warn(detail, 'daily_usage holds a value no counter can: rebuilt with the nearest one')),
     commandTimeoutMs: options.commandTimeoutMs ?? 250,
     bulkCommandTimeoutMs: FLUSH_COMMAND_TIMEOUT_MS,
+    idempotencyKeysPerUser: options.idempotencyKeysPerUser,
   })
   const limits = new LimitsCache({ pool, databaseUrl, defaultTier: options.defaultTier ?? 'free', logger })
   const flusher = new Flusher({ store, pool, clock, intervalMs: options.flushIntervalMs ?? 1000, logger })

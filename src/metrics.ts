@@ -53,6 +53,19 @@ export const METRICS: Readonly<Record<MetricName, MetricDefinition>> = {
 export const SCALE = 1_000_000
 /** Largest amount accepted in one call, in units. */
 export const MAX_AMOUNT = 1e9
+/**
+ * Largest total one metric may reach, in units: per user and day for daily metrics, for the
+ * storage gauge at any time. An increment or consume that would pass it is refused and counts
+ * nothing. Every layer holds it exactly: 9e15 micro-units is below 2^53 (~9.007e15), so Lua's
+ * doubles, JS numbers and the script's "%.0f" text keep every micro-unit; the count columns of
+ * daily_usage are bigint and the others numeric. Not 1e9: one call may carry up to 1e9 and
+ * unlimited tiers add several a day (3e9 api_calls is a supported day). A sum compared against it
+ * (at most 9e15 + 1e15) may round once past 2^53, but rounding keeps order, so it still compares
+ * as over.
+ */
+export const MAX_TOTAL = 9e9
+/** MAX_TOTAL in micro-units. */
+export const MAX_TOTAL_MICRO = MAX_TOTAL * 1_000_000
 export const MAX_DECIMALS = 6
 
 export function isMetricName(value: unknown): value is MetricName {

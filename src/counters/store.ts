@@ -38,7 +38,10 @@ export interface AnswerContext {
 }
 
 export interface IdempotencyRequest {
-  /** 1–128 printable ASCII characters, scoped to the user; kept 24 h. */
+  /**
+   * 1–128 printable ASCII characters, scoped to the user; kept 24 h. A store bounds how many keys
+   * one user holds at once: a call that would store one more is refused (`too-many-keys`).
+   */
   key: string
   /** Identifies the call's parameters: the same key with other parameters is refused (`key-reused`). */
   fingerprint: string
@@ -59,12 +62,19 @@ export interface DecisionRequest {
 }
 
 export interface DecisionAnswer {
-  /** allowed: admitted (and applied unless checking); denied: nothing changed; key-reused: refused. */
-  outcome: 'allowed' | 'denied' | 'key-reused'
+  /**
+   * allowed: admitted (and applied unless checking); denied: nothing changed; key-reused: refused.
+   * too-large: a consume or increment would take a metric past MAX_TOTAL (`deniedIndex` names
+   * it); too-many-keys: the user holds as many idempotency keys as the store allows. Both change
+   * nothing and store nothing under the key.
+   */
+  outcome: 'allowed' | 'denied' | 'key-reused' | 'too-large' | 'too-many-keys'
   /** Replayed from the idempotency key: nothing was counted now. */
   replayed: boolean
-  /** Index into `metrics` of the first denied metric, -1 when none. */
+  /** Index into `metrics` of the first denied metric (too-large: the one over the ceiling), -1 when none. */
   deniedIndex: number
+  /** too-many-keys: ms until the user's oldest idempotency key expires (room for a new one). */
+  retryAfterMs?: number
   /** The first call's context on a replay; the request's own otherwise (undefined without a key). */
   context: AnswerContext | undefined
   /** Values after the call (before it when denied or checked), micro-units; empty when key-reused. */

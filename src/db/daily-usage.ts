@@ -3,7 +3,7 @@
  * values guarded by the Redis version they came from, so a repeated, late or overlapping flush
  * can never double-count nor move a row backwards.
  */
-import { SCALE, decimalTextToMicro, microToDecimalText } from '../metrics.ts'
+import { MAX_DECIMALS, MAX_TOTAL, MAX_TOTAL_MICRO, SCALE, microToDecimalText } from '../metrics.ts'
 import type { MetricDefinition, MetricName } from '../metrics.ts'
 import type { Pool } from './client.ts'
 
@@ -28,19 +28,60 @@ export interface RecordedUserDay {
 }
 
 interface SeedRow {
-  deployments_created: number | null
-  api_calls: number | null
+  deployments_created: string | null
+  api_calls: string | null
   compute_hours: string | null
   storage_gb: string | null
   version: number | null
   gauge: string | null
 }
 
-/** A user-day as Postgres has it, plus the latest storage gauge, to rebuild counters after data loss. */
-export async function loadRecordedUserDay(pool: Pool, userId: string, day: string): Promise<RecordedUserDay> {
+/** Told when a recorded value had to be read as something else (see recordedToMicro). */
+export type RecordedValueWarning = (detail: { userId: string; day: string; column: string; stored: string; used: number }) => void
+
+const RECORDED_DECIMAL = /^(-?)(\d+)(?:\.(\d+))?$/
+
+/**
+ * A value of daily_usage as stored (numeric or bigint, as text) to micro-units, for any value
+ * Postgres can hold: the rebuilt counters must never fail to load, or every call of that user
+ * fails (and so does a global reset) until someone edits the row by hand. Values a counter can
+ * never reach are read as the nearest one it can: above MAX_TOTAL (written by hand, or by a
+ * release without the ceiling) as MAX_TOTAL, negative or -Infinity as 0, NaN and Infinity as
+ * MAX_TOTAL, a 7th decimal rounded up. Each reading errs towards more usage, never less: state
+ * lost in Redis must not give a user fresh quota. Returns the micro-units and whether the value
+ * was read as stored.
+ */
+export function recordedToMicro(text: string): { micro: number; exact: boolean } {
+  const match = RECORDED_DECIMAL.exec(text.trim())
+  if (!match) return { micro: /^-inf/i.test(text.trim()) ? 0 : MAX_TOTAL_MICRO, exact: false }
+  const [, sign, whole = '0', frac = ''] = match
+  if (sign === '-' && /[1-9]/.test(whole + frac)) return { micro: 0, exact: false }
+  const wholeDigits = whole.replace(/^0+(?=\d)/, '')
+  // Compared as text first: Number() of a 30-digit whole part would already have rounded.
+  if (wholeDigits.length > String(MAX_TOTAL).length) return { micro: MAX_TOTAL_MICRO, exact: false }
+  const fracDigits = frac.replace(/0+$/, '')
+  let micro = Number(wholeDigits) * SCALE + Number(fracDigits.slice(0, MAX_DECIMALS).padEnd(MAX_DECIMALS, '0'))
+  let exact = true
+  if (fracDigits.length > MAX_DECIMALS) {
+    micro += 1
+    exact = false
+  }
+  if (micro > MAX_TOTAL_MICRO) return { micro: MAX_TOTAL_MICRO, exact: false }
+  return { micro, exact }
+}
+
+/**
+ * A user-day as Postgres has it, plus the latest storage gauge, to rebuild counters after data
+ * loss. Never throws for a stored value (see recordedToMicro); `warn` hears of each value read
+ * otherwise than stored.
+ */
+export async function loadRecordedUserDay(
+  pool: Pool, userId: string, day: string, warn?: RecordedValueWarning,
+): Promise<RecordedUserDay> {
   const { rows } = await pool.query<SeedRow>(
-    `SELECT t.deployments_created, t.api_calls, t.compute_hours::text AS compute_hours,
-            t.storage_gb::text AS storage_gb, t.version, g.storage_gb::text AS gauge
+    `SELECT t.deployments_created::text AS deployments_created, t.api_calls::text AS api_calls,
+            t.compute_hours::text AS compute_hours, t.storage_gb::text AS storage_gb, t.version,
+            g.storage_gb::text AS gauge
        FROM (SELECT 1) AS one
        LEFT JOIN daily_usage t ON t.user_id = $1 AND t.date = $2
        LEFT JOIN LATERAL (
@@ -49,13 +90,19 @@ export async function loadRecordedUserDay(pool: Pool, userId: string, day: strin
     [userId, day],
   )
   const row = rows[0]
-  const gauge = row?.gauge ? decimalTextToMicro(row.gauge) : 0
+  const read = (column: string, text: string | null | undefined): number => {
+    if (text === null || text === undefined) return 0
+    const { micro, exact } = recordedToMicro(text)
+    if (!exact) warn?.({ userId, day, column, stored: text.slice(0, 64), used: micro })
+    return micro
+  }
+  const gauge = read('storage_gb (latest)', row?.gauge)
   return {
     counts: {
-      deployments: (row?.deployments_created ?? 0) * SCALE,
-      api_calls: (row?.api_calls ?? 0) * SCALE,
-      compute_hours: row?.compute_hours ? decimalTextToMicro(row.compute_hours) : 0,
-      storage: row?.storage_gb ? decimalTextToMicro(row.storage_gb) : gauge,
+      deployments: read('deployments_created', row?.deployments_created),
+      api_calls: read('api_calls', row?.api_calls),
+      compute_hours: read('compute_hours', row?.compute_hours),
+      storage: row?.storage_gb ? read('storage_gb', row.storage_gb) : gauge,
     },
     version: row?.version ?? 0,
     gauge,

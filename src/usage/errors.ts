@@ -1,7 +1,10 @@
 /**
- * Infrastructure failures of the usage service, as Error subclasses classified in one place.
- * "Over the limit" is not here: a denial is an ordinary answer (a Decision value), not an error.
+ * Infrastructure failures of the usage service, and the refusals that are not denials, as Error
+ * subclasses classified in one place. "Over the limit" is not here: a denial is an ordinary
+ * answer (a Decision value), not an error.
  */
+import { InvalidAmountError, MAX_TOTAL, METRICS } from '../metrics.ts'
+import type { MetricName } from '../metrics.ts'
 
 /** Redis could not be reached (down, paused, timed out) and the fail mode is `closed`. */
 export class UsageUnavailableError extends Error {
@@ -19,5 +22,37 @@ export class IdempotencyConflictError extends Error {
   override name = 'IdempotencyConflictError'
   constructor() {
     super('This idempotency_key was already used with different parameters')
+  }
+}
+
+/**
+ * A consume or increment that would take a metric's total past MAX_TOTAL, the largest total every
+ * layer holds exactly. Bad input (a 400 naming the field): nothing was counted.
+ */
+export class TotalTooLargeError extends InvalidAmountError {
+  override name = 'TotalTooLargeError'
+  /** The maximum, in the metric's unit. */
+  readonly maximum = MAX_TOTAL
+  constructor(readonly metric: MetricName, field: string) {
+    super(
+      `${field} would take ${metric} past its maximum total of ${MAX_TOTAL} ${METRICS[metric].unit}`
+        + (METRICS[metric].period === 'day' ? ' per day' : ''),
+      field,
+    )
+  }
+}
+
+/**
+ * The user holds as many idempotency keys (each kept 24 h) as the service allows: a call that
+ * would store one more is refused and counts nothing. Replays of held keys and calls without a
+ * key still work.
+ */
+export class IdempotencyKeyLimitError extends Error {
+  override name = 'IdempotencyKeyLimitError'
+  constructor(
+    /** Seconds until the oldest held key expires, making room for a new one. */
+    readonly retryAfterSeconds: number,
+  ) {
+    super('This user holds the most idempotency keys allowed at once (each is kept 24 h); retry later, or send the call without idempotency_key')
   }
 }

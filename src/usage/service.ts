@@ -20,7 +20,7 @@ import {
 } from './amounts.ts'
 import type { PreparedAmounts } from './amounts.ts'
 import { DenyCache } from './deny-cache.ts'
-import { IdempotencyConflictError, UsageUnavailableError } from './errors.ts'
+import { IdempotencyConflictError, IdempotencyKeyLimitError, TotalTooLargeError, UsageUnavailableError } from './errors.ts'
 import type { Amounts, CallOptions, ConsumeResult, ConsumedMetric, Decision, MetricState, UsageStatus } from './types.ts'
 
 export { IdempotencyConflictError }
@@ -151,6 +151,13 @@ export class UsageService {
     const answer = await this.#decide(mode, id, tier, limits, prepared, now, options.idempotencyKey)
     if (answer === null) return degradedResult(prepared, tier, day, limits, now)
     if (answer.outcome === 'key-reused') throw new IdempotencyConflictError()
+    if (answer.outcome === 'too-large') {
+      const metric = prepared.metrics[answer.deniedIndex] ?? (prepared.metrics[0] as MetricName)
+      throw new TotalTooLargeError(metric, prepared.metrics.length === 1 ? 'amount' : `metrics.${metric}`)
+    }
+    if (answer.outcome === 'too-many-keys') {
+      throw new IdempotencyKeyLimitError(Math.max(1, Math.ceil((answer.retryAfterMs ?? 1000) / 1000)))
+    }
     // A replay answers as the first call did: its tier and its day.
     const answerTier = answer.replayed && answer.context ? answer.context.tier : tier
     const answerDay = answer.replayed && answer.context ? answer.context.day : day

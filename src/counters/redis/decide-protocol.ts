@@ -6,7 +6,7 @@
  */
 import { startOfUtcDay } from '../../clock.ts'
 import type { AnswerContext, DecisionRequest } from '../store.ts'
-import { FIELD, bucketOf, dirtyMember } from './keys.ts'
+import { FIELD, GAUGE_TTL_S, bucketOf, dirtyMember } from './keys.ts'
 import type { KeySpace } from './keys.ts'
 import type { ScriptArgument } from './lua-script.ts'
 
@@ -17,7 +17,7 @@ export const IDEMPOTENCY_TTL_S = 86_400
 const DAY_KEY_LIFETIME_MS = 3 * 86_400_000
 
 /** Status codes of decide.lua's reply (its header names the same numbers). */
-const STATUS = { denied: 0, allowed: 1, needsSeed: 2, deadlinePassed: 3, keyReused: 4 } as const
+const STATUS = { denied: 0, allowed: 1, needsSeed: 2, deadlinePassed: 3, keyReused: 4, tooLarge: 5, tooManyKeys: 6 } as const
 /** Added to the status of an answer replayed from an idempotency key. */
 const REPLAYED = 10
 
@@ -29,7 +29,7 @@ export function dayKeyTtlSeconds(day: string, now: number): number {
 /** A decision encoded for decide.lua, waiting for its call. */
 export interface EncodedDecision {
   readonly bucket: number
-  /** Day hash, gauge, and the idempotency key when there is one. */
+  /** Day hash, gauge, and with an idempotency key that key and the user's key index. */
   readonly keys: readonly string[]
   /** The decision's JSON array after its first two slots (number of keys, deadline), without brackets. */
   readonly body: string
@@ -45,14 +45,17 @@ export interface EncodedDecision {
   readonly deadline: (() => number) | undefined
 }
 
-export type ScriptStatus = 'allowed' | 'denied' | 'needs-seed' | 'deadline-passed' | 'key-reused'
+export type ScriptStatus =
+  | 'allowed' | 'denied' | 'needs-seed' | 'deadline-passed' | 'key-reused' | 'too-large' | 'too-many-keys'
 
 /** One decision's part of a reply. */
 export interface ScriptAnswer {
   status: ScriptStatus
   replayed: boolean
-  /** Index of the first denied metric, -1 when none. */
+  /** Index of the first denied metric (too-large: the metric over the ceiling), -1 when none. */
   deniedIndex: number
+  /** too-many-keys: ms until the user's oldest idempotency key expires; 0 otherwise. */
+  retryAfterMs: number
   current: number[]
   limits: (number | null)[]
   context: AnswerContext | undefined
@@ -73,18 +76,25 @@ export function decodeContext(text: string): AnswerContext {
   return { day: text.slice(0, space), tier: text.slice(space + 1) }
 }
 
+/**
+ * `idempotencyKeysPerUser`: most idempotency keys one user may hold (0 = no bound), slot 9 of
+ * the decision.
+ */
 export function encodeDecision(
-  request: DecisionRequest, keySpace: KeySpace, deadline: (() => number) | undefined,
+  request: DecisionRequest, keySpace: KeySpace, deadline: (() => number) | undefined, idempotencyKeysPerUser = 0,
 ): EncodedDecision {
   const { userId, day, now, idempotency } = request
   const bucket = bucketOf(userId)
   const keys = [keySpace.day(userId, day, bucket), keySpace.gauge(userId, bucket)]
-  if (idempotency) keys.push(keySpace.idempotency(userId, idempotency.key, bucket))
+  if (idempotency) {
+    keys.push(keySpace.idempotency(userId, idempotency.key, bucket), keySpace.idempotencyIndex(userId, bucket))
+  }
   // Values handed to Redis commands as they are (now, lifetimes, member) go as JSON strings; the
   // day start and the amounts are numbers, only compared. The member is escaped like any string
   // that came from outside.
   let body = `"${request.mode}","${now}",${startOfUtcDay(day)},"${dayKeyTtlSeconds(day, now)}",`
-    + `${JSON.stringify(dirtyMember(userId, day))},"${IDEMPOTENCY_TTL_S}",${request.metrics.length}`
+    + `${JSON.stringify(dirtyMember(userId, day))},"${IDEMPOTENCY_TTL_S}",${idempotencyKeysPerUser},"${GAUGE_TTL_S}",`
+    + `${request.metrics.length}`
   for (const m of request.metrics) body += `,"${FIELD[m.metric]}",${m.amount},${m.limit ?? -1}`
   return {
     bucket,
@@ -119,6 +129,8 @@ function statusName(code: number): ScriptStatus {
     case STATUS.needsSeed: return 'needs-seed'
     case STATUS.deadlinePassed: return 'deadline-passed'
     case STATUS.keyReused: return 'key-reused'
+    case STATUS.tooLarge: return 'too-large'
+    case STATUS.tooManyKeys: return 'too-many-keys'
     default: throw new Error(`decide.lua returned an unknown status ${code}`)
   }
 }
@@ -132,22 +144,28 @@ export function decodeReply(flat: readonly (number | string)[], decisions: reado
     if (typeof code !== 'number') throw new Error('decide.lua returned fewer answers than decisions')
     const replayed = code >= REPLAYED
     const status = statusName(replayed ? code - REPLAYED : code)
-    const deniedIndex = (flat[at + 1] as number) - 1
+    const second = flat[at + 1] as number
     const n = d.limits.length
+    if (status === 'too-many-keys') {
+      answers.push({ status, replayed: false, deniedIndex: -1, retryAfterMs: second, current: [], limits: [], context: d.context })
+      at += 2
+      continue
+    }
+    const deniedIndex = second - 1
     if (status !== 'allowed' && status !== 'denied') {
-      answers.push({ status, replayed: false, deniedIndex, current: [], limits: [], context: d.context })
+      answers.push({ status, replayed: false, deniedIndex, retryAfterMs: 0, current: [], limits: [], context: d.context })
       at += 2
       continue
     }
     const current = flat.slice(at + 2, at + 2 + n) as number[]
     if (!replayed) {
-      answers.push({ status, replayed, deniedIndex, current, limits: [...d.limits], context: d.context })
+      answers.push({ status, replayed, deniedIndex, retryAfterMs: 0, current, limits: [...d.limits], context: d.context })
       at += 2 + n
       continue
     }
     // A replay answers with the first call's limits and context.
     const limits = (flat.slice(at + 2 + n, at + 2 + 2 * n) as number[]).map((l) => (l < 0 ? null : l))
-    answers.push({ status, replayed, deniedIndex, current, limits, context: decodeContext(String(flat[at + 2 + 2 * n])) })
+    answers.push({ status, replayed, deniedIndex, retryAfterMs: 0, current, limits, context: decodeContext(String(flat[at + 2 + 2 * n])) })
     at += 3 + 2 * n
   }
   return answers

@@ -4,8 +4,9 @@
  * epoch marker stays in one hash slot and runs unchanged on Redis Cluster.
  *
  *   <prefix>{<b>}:d:<user>:<YYYY-MM-DD>  hash  d a c s (micro-units), v (version); expires 2 days after its day
- *   <prefix>{<b>}:g:<user>               string  storage gauge in micro-units; no expiry
+ *   <prefix>{<b>}:g:<user>               string  storage gauge in micro-units; GAUGE_TTL_S after its last write
  *   <prefix>{<b>}:i:<user>:<key>         string  stored result of an idempotent call; 24 h
+ *   <prefix>{<b>}:ik:<user>              zset    the user's live idempotency keys -> ms each expires
  *   <prefix>{<b>}:dirty                  zset    "<user>:<day>" -> ms of the first unflushed change
  *   <prefix>{<b>}:epoch                  string  ms when this bucket's state was (re)built in this Redis
  */
@@ -19,6 +20,16 @@ export const FIELD: Readonly<Record<MetricName, 'd' | 'a' | 'c' | 's'>> = {
   compute_hours: 'c',
   storage: 's',
 }
+
+/**
+ * Lifetime of a storage gauge after its last write (every storage change, and the first change
+ * of each day, renew it): 35 days. Without one, the gauge of a user gone for good would stay in
+ * Redis forever. Nothing is lost when it expires: the gauge's value is in daily_usage (every
+ * write is flushed within seconds, and the midnight job carries it into each new day), and a
+ * missing gauge reads as lost state, which the next decision rebuilds from the latest
+ * storage_gb before deciding.
+ */
+export const GAUGE_TTL_S = 35 * 86_400
 
 /** Number of buckets. Spreads users over this many hash slots; the flusher visits each per tick. */
 export const BUCKETS = 64
@@ -50,6 +61,14 @@ export class KeySpace {
 
   idempotency(userId: string, key: string, bucket = bucketOf(userId)): string {
     return `${this.tag(bucket)}:i:${userId}:${key}`
+  }
+
+  /**
+   * The user's live idempotency keys. decide.lua takes a key's member from its idempotency()
+   * name by length: "<tag>:i:<user>:" is exactly as long as this name.
+   */
+  idempotencyIndex(userId: string, bucket = bucketOf(userId)): string {
+    return `${this.tag(bucket)}:ik:${userId}`
   }
 
   dirty(bucket: number): string {

@@ -12,7 +12,7 @@
 import type { ChainableCommander, Redis } from 'ioredis'
 import { startOfUtcDay } from '../../clock.ts'
 import { mapLimited } from '../../limited.ts'
-import { METRIC_NAMES } from '../../metrics.ts'
+import { MAX_TOTAL_MICRO, METRIC_NAMES } from '../../metrics.ts'
 import type { MetricName } from '../../metrics.ts'
 import { CounterUnavailableError } from '../errors.ts'
 import type {
@@ -24,7 +24,7 @@ import { ServerClock } from './client.ts'
 import { dayKeyTtlSeconds, decodeReply, encodeCall, encodeDecision } from './decide-protocol.ts'
 import type { EncodedDecision, ScriptAnswer } from './decide-protocol.ts'
 import { classify } from './errors.ts'
-import { BUCKETS, FIELD, KeySpace, bucketOf, dirtyMember, parseDirtyMember } from './keys.ts'
+import { BUCKETS, FIELD, GAUGE_TTL_S, KeySpace, bucketOf, dirtyMember, parseDirtyMember } from './keys.ts'
 import { LuaScript } from './lua-script.ts'
 
 const SCRIPTS = {
@@ -71,6 +71,21 @@ export interface RedisCounterStoreOptions {
    * so they neither wait behind decisions nor make them wait. Without it, one connection.
    */
   bulkCommandTimeoutMs?: number
+  /**
+   * Most idempotency keys one user holds at once (IDEMPOTENCY_KEYS_PER_USER); 0 = no bound.
+   * Each costs ~0.4 KB for 24 h, and denials and no-op increments store one too.
+   * @default 10000
+   */
+  idempotencyKeysPerUser?: number
+}
+
+/** Default of RedisCounterStoreOptions.idempotencyKeysPerUser. */
+export const DEFAULT_IDEMPOTENCY_KEYS_PER_USER = 10_000
+
+/** A seeded value as a counter can hold it: whole micro-units in 0..MAX_TOTAL_MICRO. */
+function seedable(micro: number): number {
+  if (Number.isNaN(micro)) return MAX_TOTAL_MICRO
+  return Math.min(MAX_TOTAL_MICRO, Math.max(0, Math.ceil(micro)))
 }
 
 /** Per-call options only this store understands (tests: a decision's own deadline). */
@@ -87,6 +102,7 @@ export class RedisCounterStore implements CounterStore {
   readonly #serverClock: ServerClock | undefined
   readonly #deadline: (() => number) | undefined
   readonly #bulkCommandTimeoutMs: number | undefined
+  readonly #keysPerUser: number
   /** The flusher's connection: the decision one until start() opens its own. */
   #bulk: Redis
 
@@ -98,6 +114,11 @@ export class RedisCounterStore implements CounterStore {
     this.#loader = options.loader
     this.#bulk = redis
     this.#bulkCommandTimeoutMs = options.bulkCommandTimeoutMs
+    const keysPerUser = options.idempotencyKeysPerUser ?? DEFAULT_IDEMPOTENCY_KEYS_PER_USER
+    if (!Number.isSafeInteger(keysPerUser) || keysPerUser < 0) {
+      throw new TypeError(`idempotencyKeysPerUser must be a whole number >= 0, got ${keysPerUser}`)
+    }
+    this.#keysPerUser = keysPerUser
     const keys = this.keys
     const codec: BatchCodec<EncodedDecision, ScriptAnswer> = {
       script: SCRIPTS.decide,
@@ -138,7 +159,7 @@ export class RedisCounterStore implements CounterStore {
 
   async decide(request: DecisionRequest, options: RedisDecideOptions = {}): Promise<DecisionAnswer> {
     checkRequest(request)
-    const encoded = encodeDecision(request, this.keys, options.deadline ?? this.#deadline)
+    const encoded = encodeDecision(request, this.keys, options.deadline ?? this.#deadline, this.#keysPerUser)
     for (let attempt = 1; ; attempt++) {
       const answer = await this.#batcher.submit(encoded.bucket, encoded)
       switch (answer.status) {
@@ -153,6 +174,7 @@ export class RedisCounterStore implements CounterStore {
             outcome: answer.status,
             replayed: answer.replayed,
             deniedIndex: answer.deniedIndex,
+            ...(answer.status === 'too-many-keys' ? { retryAfterMs: answer.retryAfterMs } : {}),
             context: answer.context,
             current: answer.current,
             limits: answer.limits,
@@ -178,17 +200,19 @@ export class RedisCounterStore implements CounterStore {
     const state: SeedState = this.#loader
       ? await this.#loader(userId, day)
       : { counts: { deployments: 0, api_calls: 0, compute_hours: 0, storage: 0 }, version: 0, gauge: 0 }
+    // Whatever the history holds, the rebuilt state is one a counter can hold (a loader reading
+    // Postgres already clamps; this keeps any other loader from seeding a value past the ceiling).
     const { counts } = state
     await SCRIPTS.seed.run(this.redis, [this.keys.day(userId, day), this.keys.gauge(userId), this.keys.epoch(bucketOf(userId))], [
-      counts.deployments, counts.api_calls, counts.compute_hours, counts.storage, state.version, state.gauge,
-      dayKeyTtlSeconds(day, now), now,
+      seedable(counts.deployments), seedable(counts.api_calls), seedable(counts.compute_hours), seedable(counts.storage),
+      state.version, seedable(state.gauge), dayKeyTtlSeconds(day, now), now, GAUGE_TTL_S,
     ])
   }
 
   async reset(userId: string, day: string, now: number, metrics: readonly MetricName[]): Promise<void> {
     const bucket = bucketOf(userId)
     const keys = [this.keys.day(userId, day, bucket), this.keys.gauge(userId, bucket), this.keys.dirty(bucket), this.keys.epoch(bucket)]
-    const args = [now, startOfUtcDay(day), dayKeyTtlSeconds(day, now), dirtyMember(userId, day), ...metrics.map((m) => FIELD[m])]
+    const args = [now, startOfUtcDay(day), dayKeyTtlSeconds(day, now), dirtyMember(userId, day), GAUGE_TTL_S, ...metrics.map((m) => FIELD[m])]
     for (let attempt = 1; ; attempt++) {
       const status = await SCRIPTS.reset.run(this.redis, keys, args)
       if (status === 1) return

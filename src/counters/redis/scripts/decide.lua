@@ -7,10 +7,13 @@ most once, for all the decisions of a call.
 
 KEYS[1]  dirty set   <p>{b}:dirty    zset "<user>:<day>" -> ms of first unflushed change
 KEYS[2]  epoch       <p>{b}:epoch    ms when this bucket's state was (re)built
-then, per decision, 2 or 3 keys:
+then, per decision, 2 or 4 keys:
          day hash    <p>{b}:d:<user>:<day>   fields d a c s (micro-units), v (version)
-         gauge       <p>{b}:g:<user>         storage in micro-units, no expiry
+         gauge       <p>{b}:g:<user>         storage in micro-units; expires after slot 10's
+                                             seconds without a write (then rebuilt like lost state)
          idempotency <p>{b}:i:<user>:<key>   only when the decision carries a key
+         key index   <p>{b}:ik:<user>        zset <key> -> ms it expires: the user's live keys,
+                                             counted against slot 9; only with a key
 
 ARGV[1]  number of decisions, then per decision one JSON array (one argument instead of a dozen:
          cheaper for the client to send, and cjson decodes it in C), followed, only when the
@@ -18,7 +21,7 @@ ARGV[1]  number of decisions, then per decision one JSON array (one argument ins
          stored with the answer) and its fingerprint (refuses a key reused with other parameters).
   The array's items (those handed to Redis commands as they are — now, lifetimes, member — are
   strings; the deadline and day start are numbers, only compared):
-  1   number of its keys (2, or 3 with an idempotency key)
+  1   number of its keys (2, or 4 with an idempotency key)
   2   deadline in Redis-server ms (0 = none): past it nothing is applied, because the caller has
       already given up (timed out) and answered without this decision
   3   mode: check | consume | increment | refund
@@ -28,17 +31,25 @@ ARGV[1]  number of decisions, then per decision one JSON array (one argument ins
       caller's clock, so an injected clock keeps keys alive)
   7   dirty member "<user>:<day>"
   8   idempotency TTL, seconds
-  9   n, the number of metrics, followed by n triples:
+  9   most idempotency keys one user may hold (0 = no bound): a decision that would store a new
+      key while the user holds that many live ones is refused (status 6) and changes nothing;
+      a replay of a held key is always answered
+  10  lifetime of the gauge, seconds, renewed by every write to it and by every new day hash
+  11  n, the number of metrics, followed by n triples:
       field (d|a|c|s), amount (micro-units; negative only to lower the storage gauge), limit (micro-units, -1 = unlimited)
 
 Returns one flat array, the answers of the decisions in order:
   status, denied, cur_1..cur_n                      a decision taken now (status 0 or 1)
-  status, denied                                    status 2, 3 or 4
+  status, denied                                    status 2, 3, 4 or 5
+  status, wait                                      status 6
   status + 10, denied, cur_1..cur_n, lim_1..lim_n, context
                                                     replayed from the idempotency key
   status 1 = allowed / applied, 0 = denied (nothing changed), 2 = state must be loaded from Postgres
   first (Redis lost it), 3 = deadline passed (nothing changed), 4 = idempotency key reused with
-  other parameters. denied = index of the first denied metric (0 = none); cur = values after the
+  other parameters, 5 = over the ceiling: a consume or increment would take a metric past
+  MAX_TOTAL (nothing changed, nothing stored under the key; denied names the metric), 6 = the user
+  holds as many idempotency keys as slot 9 allows (nothing changed; wait = ms until the oldest
+  expires). denied = index of the first denied metric (0 = none); cur = values after the
   call (before it when denied or checked). A fresh answer leaves out the limits and context the
   caller sent; a replay returns those of the first call.
 The comparison is current + amount > limit *before* incrementing: a denial changes nothing.
@@ -54,11 +65,17 @@ it sends) would fail the whole call although the decisions before it were applie
 local function fmt(x) return string.format('%.0f', x) end
 
 -- Reply status codes (decide-protocol.ts names the same numbers).
-local DENIED, ALLOWED, NEEDS_SEED, DEADLINE_PASSED, KEY_REUSED = 0, 1, 2, 3, 4
+local DENIED, ALLOWED, NEEDS_SEED, DEADLINE_PASSED, KEY_REUSED, TOO_LARGE, TOO_MANY_KEYS = 0, 1, 2, 3, 4, 5, 6
 local REPLAYED = 10
 
 -- Slots of a decision's JSON array (see the header).
-local NUM_KEYS, DEADLINE, MODE, NOW, DAY_START, DAY_TTL, DIRTY_MEMBER, IDEM_TTL, METRIC_COUNT = 1, 2, 3, 4, 5, 6, 7, 8, 9
+local NUM_KEYS, DEADLINE, MODE, NOW, DAY_START, DAY_TTL, DIRTY_MEMBER, IDEM_TTL = 1, 2, 3, 4, 5, 6, 7, 8
+local IDEM_CAP, GAUGE_TTL, METRIC_COUNT = 9, 10, 11
+
+-- The ceiling of every total, micro-units: MAX_TOTAL_MICRO of src/metrics.ts (9e9 units), the
+-- largest round total below 2^53 micro-units, where doubles stop being exact. The conformance
+-- suite checks this boundary to the micro-unit.
+local MAX_TOTAL = 9e15
 
 local dirty_key, epoch_key = KEYS[1], KEYS[2]
 
@@ -151,6 +168,28 @@ local function read_current(args, fields, day_key, gauge_key)
   return current, version, gauge
 end
 
+-- Index of the first metric an addition would take past MAX_TOTAL (0 = none). current is at most
+-- MAX_TOTAL and an amount at most 1e15, so the sum is exact or rounds past 2^53: still over.
+local function first_too_large(current, amounts)
+  for i = 1, #current do
+    if amounts[i] > 0 and current[i] + amounts[i] > MAX_TOTAL then return i end
+  end
+  return 0
+end
+
+-- Whether the user may store one more idempotency key: drops the expired ones from the index
+-- (exact: each member carries its key's expiry, on the same Redis clock as the key's EX), then
+-- compares the live ones with the bound. Appends the refusal and returns false when full.
+local function key_room(args, index_key)
+  local now_ms = server_now()
+  redis.call('ZREMRANGEBYSCORE', index_key, '-inf', now_ms)
+  local cap = args[IDEM_CAP]
+  if cap <= 0 or redis.call('ZCARD', index_key) < cap then return true end
+  local oldest = redis.call('ZRANGE', index_key, 0, 0, 'WITHSCORES')
+  answer(TOO_MANY_KEYS, math.max(1, (tonumber(oldest[2]) or now_ms) - now_ms))
+  return false
+end
+
 -- Index of the first metric that would pass its limit (0 = none). Compared before anything is
 -- added: a denial changes nothing.
 local function first_denied(current, amounts, limits)
@@ -171,15 +210,16 @@ local function apply(args, fields, amounts, current, version, gauge, day_key, ga
     current[i] = v
     if fields[i] == 's' then
       has_storage = true
-      redis.call('SET', gauge_key, fmt(v))
+      redis.call('SET', gauge_key, fmt(v), 'EX', args[GAUGE_TTL])
     end
     hset[#hset + 1] = fields[i]
     hset[#hset + 1] = fmt(v)
   end
   if not version and not has_storage then
-    -- The day's row records the gauge as it stands that day.
+    -- The day's row records the gauge as it stands that day. The user is active: keep the gauge.
     hset[#hset + 1] = 's'
     hset[#hset + 1] = fmt(gauge)
+    redis.call('EXPIRE', gauge_key, args[GAUGE_TTL])
   end
   hset[#hset + 1] = 'v'
   hset[#hset + 1] = fmt((tonumber(version) or 0) + 1)
@@ -190,18 +230,21 @@ local function apply(args, fields, amounts, current, version, gauge, day_key, ga
 end
 
 -- One decision: appends its answer to `out`.
-local function decide(args, day_key, gauge_key, idem_key, context, fingerprint)
+local function decide(args, day_key, gauge_key, idem_key, index_key, context, fingerprint)
   local deadline, mode = args[DEADLINE], args[MODE]
   if deadline > 0 and server_now() > deadline then
     answer(DEADLINE_PASSED, 0)
     return
   end
+  -- Only consume and increment store their answer under the key.
+  local stores_key = idem_key and (mode == 'consume' or mode == 'increment')
   if idem_key then
     local stored = redis.call('GET', idem_key)
     if stored then
       replay(stored, fingerprint, args[METRIC_COUNT])
       return
     end
+    if stores_key and not key_room(args, index_key) then return end
   end
 
   local fields, amounts, limits = metrics_of(args)
@@ -209,6 +252,14 @@ local function decide(args, day_key, gauge_key, idem_key, context, fingerprint)
   if not current then
     answer(NEEDS_SEED, 0)
     return
+  end
+
+  if mode == 'consume' or mode == 'increment' then
+    local over = first_too_large(current, amounts)
+    if over > 0 then
+      answer(TOO_LARGE, over)
+      return
+    end
   end
 
   local status, denied = ALLOWED, 0
@@ -223,12 +274,16 @@ local function decide(args, day_key, gauge_key, idem_key, context, fingerprint)
   answer(status, denied)
   for i = 1, #current do out[#out + 1] = current[i] end
 
-  if idem_key and (mode == 'consume' or mode == 'increment') then
+  if stores_key then
     local parts = { fingerprint, status, denied }
     for i = 1, #current do parts[#parts + 1] = fmt(current[i]) end
     for i = 1, #current do parts[#parts + 1] = fmt(limits[i]) end
     parts[#parts + 1] = context
     redis.call('SET', idem_key, table.concat(parts, ','), 'EX', args[IDEM_TTL])
+    -- The index member is the key as the caller named it: the idempotency key's name after
+    -- "<p>{b}:i:<user>:", which is exactly as long as the index's name "<p>{b}:ik:<user>".
+    redis.call('ZADD', index_key, server_now() + args[IDEM_TTL] * 1000, string.sub(idem_key, #index_key + 1))
+    redis.call('PEXPIRE', index_key, args[IDEM_TTL] * 1000)
   end
 end
 
@@ -237,16 +292,16 @@ local decisions = {}
 local arg_at, key_at = 2, 3
 for d = 1, tonumber(ARGV[1]) do
   local args = cjson.decode(ARGV[arg_at])
-  if args[NUM_KEYS] == 3 then
+  if args[NUM_KEYS] == 4 then
     decisions[d] = { args = args, day_key = KEYS[key_at], gauge_key = KEYS[key_at + 1], idem_key = KEYS[key_at + 2],
-                     context = ARGV[arg_at + 1], fingerprint = ARGV[arg_at + 2] }
-    arg_at, key_at = arg_at + 3, key_at + 3
+                     index_key = KEYS[key_at + 3], context = ARGV[arg_at + 1], fingerprint = ARGV[arg_at + 2] }
+    arg_at, key_at = arg_at + 3, key_at + 4
   else
     decisions[d] = { args = args, day_key = KEYS[key_at], gauge_key = KEYS[key_at + 1], context = '', fingerprint = '' }
     arg_at, key_at = arg_at + 1, key_at + 2
   end
 end
 for _, d in ipairs(decisions) do
-  decide(d.args, d.day_key, d.gauge_key, d.idem_key, d.context, d.fingerprint)
+  decide(d.args, d.day_key, d.gauge_key, d.idem_key, d.index_key, d.context, d.fingerprint)
 end
 return out

@@ -11,7 +11,8 @@ ARGV[2]  start of the day, ms
 ARGV[3]  lifetime of a new day hash, seconds (until 2 days after the day ends,
          measured on the caller's clock, so an injected clock keeps keys alive)
 ARGV[4]  dirty member "<user>:<day>"
-ARGV[5..] fields to zero (d a c s; s also zeroes the gauge)
+ARGV[5]  lifetime of the gauge, seconds (renewed when it is zeroed)
+ARGV[6..] fields to zero (d a c s; s also zeroes the gauge)
 
 Returns 1 when reset, 2 when the state must be loaded from Postgres first.
 ]]
@@ -25,10 +26,10 @@ if not exists then
 end
 
 local hset = {}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   hset[#hset + 1] = ARGV[i]
   hset[#hset + 1] = '0'
-  if ARGV[i] == 's' then redis.call('SET', KEYS[2], '0') end
+  if ARGV[i] == 's' then redis.call('SET', KEYS[2], '0', 'EX', ARGV[5]) end
 end
 if not exists then
   -- A new day hash records the gauge as it stands (unless it is being zeroed just above).

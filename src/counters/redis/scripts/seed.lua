@@ -13,12 +13,13 @@ ARGV[6]     the storage gauge (micro-units, latest daily_usage.storage_gb)
 ARGV[7]     lifetime of a new day hash, seconds (until 2 days after the day ends,
          measured on the caller's clock, so an injected clock keeps keys alive)
 ARGV[8]     now, ms
+ARGV[9]     lifetime of the gauge, seconds (renewed by every write to it)
 
 Returns 1.
 ]]
 
 if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('SET', KEYS[2], ARGV[6])
+  redis.call('SET', KEYS[2], ARGV[6], 'EX', ARGV[9])
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'd', ARGV[1], 'a', ARGV[2], 'c', ARGV[3], 's', ARGV[4], 'v', ARGV[5])
