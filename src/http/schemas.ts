@@ -201,9 +201,13 @@ export const ResetResponse = Type.Object({
   date: Type.String(),
   user_id: Nullable(Type.String()),
   metrics: Type.Array(Type.String()),
-  users_reset: Type.Integer(),
-  rows_updated: Type.Integer(),
-}, { description: 'What was zeroed' })
+  users_reset: Type.Integer({ description: 'Users whose counters were zeroed' }),
+  rows_updated: Type.Integer({ description: 'daily_usage rows of those users now holding the zeros (0 when not persisted)' }),
+  complete: Type.Boolean({ description: 'Every user of the scope was zeroed and daily_usage has the zeros; false: send the same reset again' }),
+  users_failed: Type.Array(Type.String(), { description: 'Users that could not be zeroed (unchanged), the first 100' }),
+  users_failed_count: Type.Integer({ description: 'How many users could not be zeroed' }),
+  persisted: Type.Boolean({ description: 'daily_usage was updated in this call; false: the flusher writes the zeros on its next pass' }),
+}, { description: 'What was zeroed (complete or partial)' })
 
 const ERROR_DESCRIPTIONS = {
   400: 'Bad input; `message` and `field` name the field. Nothing was counted',

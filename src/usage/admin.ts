@@ -1,28 +1,45 @@
 /**
  * Admin work, apart from the hot path: manual resets, any user's status, tier changes and tier
  * limit edits. Every change goes to Postgres first; this process's caches drop what changed at
- * once, and every other replica's through the `quota_changes` notification.
+ * once, and every other replica's through the `quota_changes` notification. Every change is also
+ * recorded in `admin_audit` (who, what, when, how it ended), whatever its outcome.
  */
+import type { Logger } from 'pino'
 import type { Clock } from '../clock.ts'
 import { utcDay } from '../clock.ts'
 import type { CounterStore } from '../counters/store.ts'
+import { countDayRows, recordAdminAction, userExists } from '../db/admin-audit.ts'
+import type { AdminAction, AdminOutcome } from '../db/admin-audit.ts'
 import { notifyChange } from '../db/changes.ts'
 import type { Pool } from '../db/client.ts'
-import { activeUserIds, zeroColumns } from '../db/daily-usage.ts'
+import { activeUserIds } from '../db/daily-usage.ts'
 import { listLimits, updateLimits } from '../db/usage-limits.ts'
 import type { LimitColumn, TierLimitsRow } from '../db/usage-limits.ts'
 import { getUser, setUserTier } from '../db/users.ts'
 import type { UserRow } from '../db/users.ts'
 import type { LimitsCache } from '../limits/limits-cache.ts'
-import { InvalidAmountError, METRICS, isMetricName } from '../metrics.ts'
+import { InvalidAmountError, isMetricName } from '../metrics.ts'
 import type { MetricName } from '../metrics.ts'
 import { DAILY_METRICS, normalizeUserId } from './amounts.ts'
+import { UnknownTierError } from './errors.ts'
 import type { UsageService } from './service.ts'
 import { unavailable } from './service.ts'
 import type { ResetSummary, UsageStatus } from './types.ts'
 
 /** Users whose counters a reset zeroes at once. */
 const RESET_CONCURRENCY = 100
+/** Most failed user ids a reset summary lists (the count is always exact). */
+const FAILED_IDS_LISTED = 100
+
+export type AuditLogger = Pick<Logger, 'error'>
+
+/** Who acts: recorded in the audit trail. */
+export interface AdminActor {
+  /** The admin's user id (the token's sub). */
+  id: string
+  /** Where a failed audit write is reported (the request's logger). @default the service's logger */
+  log?: AuditLogger
+}
 
 export interface AdminServiceOptions {
   pool: Pool
@@ -30,8 +47,16 @@ export interface AdminServiceOptions {
   limits: LimitsCache
   usage: UsageService
   clock: Clock
-  /** Writes every pending change to Postgres, so a reset of everyone knows who was active today. */
+  /** Writes every pending change to Postgres: who was active today, and the zeros of a reset. */
   flushAll: () => Promise<unknown>
+  /** Reports failed audit writes of actions without an actor logger. */
+  logger?: AuditLogger
+}
+
+export interface ResetOptions {
+  userId?: string | undefined
+  metric?: MetricName | undefined
+  actor?: AdminActor | undefined
 }
 
 export class AdminService {
@@ -43,9 +68,21 @@ export class AdminService {
 
   /**
    * Zeroes today's counters — of one user or of everyone, of one metric or of every daily metric
-   * (`storage` only when named) — in the counter store and in daily_usage.
+   * (`storage` only when named) — in the counter store and in daily_usage. Undefined when the
+   * named user does not exist (nothing is touched).
+   *
+   * Per user, the store is zeroed first; daily_usage then gets the zeros through the flusher. Why
+   * this way round and not a direct UPDATE of daily_usage: the store's reset bumps the user-day's
+   * version and marks it dirty, so the flush writes the zeros under the version guard — after any
+   * spend made meanwhile, never over it — and if Postgres fails now, the next flush writes them
+   * anyway. A direct UPDATE could erase a spend flushed between the two steps (the row would keep
+   * that spend's version, so nothing would ever rewrite it), or zero a user whose store reset failed.
+   *
+   * One user's failure does not stop the others: the summary lists who failed (`complete: false`),
+   * and the same reset again finishes the job (zeroing twice ends where zeroing once does). Only a
+   * store unavailable for every user of the scope is an error (UsageUnavailableError).
    */
-  async reset(options: { userId?: string | undefined; metric?: MetricName | undefined } = {}): Promise<ResetSummary> {
+  async reset(options: ResetOptions = {}): Promise<ResetSummary | undefined> {
     const { pool, store, clock } = this.#options
     if (options.metric !== undefined && !isMetricName(options.metric)) {
       throw new InvalidAmountError(`unknown metric "${String(options.metric)}"`, 'metric')
@@ -54,26 +91,73 @@ export class AdminService {
     const now = clock.now()
     const day = utcDay(now)
     const userId = options.userId === undefined ? null : normalizeUserId(options.userId)
+    const target = { user_id: userId, metric: options.metric ?? null, date: day }
+    let summary: ResetSummary
     try {
       let users: string[]
       if (userId !== null) {
+        // A user nobody knows has no counters; resetting one would only create keys for it.
+        if (!(await userExists(pool, userId))) {
+          await this.#audit(options.actor, 'manual-reset', target, 'not-found')
+          return undefined
+        }
         users = [userId]
       } else {
         // Everyone active today is in daily_usage once everything is flushed: no keyspace scan.
         await this.#options.flushAll()
         users = await activeUserIds(pool, day)
       }
+      const reset: string[] = []
+      const failed: { userId: string; error: unknown }[] = []
       for (let i = 0; i < users.length; i += RESET_CONCURRENCY) {
-        await Promise.all(users.slice(i, i + RESET_CONCURRENCY).map((u) => store.reset(u, day, now, metrics)))
+        const batch = users.slice(i, i + RESET_CONCURRENCY)
+        const results = await Promise.allSettled(batch.map((u) => store.reset(u, day, now, metrics)))
+        results.forEach((r, j) => {
+          const u = batch[j] as string
+          if (r.status === 'fulfilled') reset.push(u)
+          else failed.push({ userId: u, error: r.reason })
+        })
       }
-      const rows = await zeroColumns(pool, day, userId, metrics.map((m) => METRICS[m].column))
+      if (users.length > 0 && reset.length === 0) throw failed[0]?.error
       this.#options.usage.forgetDenials(userId)
       // Other replicas drop their remembered denials too.
       await notifyChange(pool, 'reset').catch(() => {})
-      return { date: day, user_id: userId, metrics, users_reset: users.length, rows_updated: rows }
+      let persisted = true
+      let rows = 0
+      let persistError: string | undefined
+      try {
+        await this.#options.flushAll()
+        rows = await countDayRows(pool, day, reset)
+      } catch (err) {
+        persisted = false
+        persistError = (err as Error).message
+      }
+      summary = {
+        date: day,
+        user_id: userId,
+        metrics,
+        users_reset: reset.length,
+        rows_updated: rows,
+        complete: failed.length === 0 && persisted,
+        users_failed: failed.slice(0, FAILED_IDS_LISTED).map((f) => f.userId),
+        users_failed_count: failed.length,
+        persisted,
+      }
+      const reasons = [...new Set(failed.map((f) => (f.error as Error)?.message ?? String(f.error)))].slice(0, 5)
+      await this.#audit(options.actor, 'manual-reset', target, summary.complete ? 'ok' : 'partial', {
+        users_reset: summary.users_reset,
+        rows_updated: summary.rows_updated,
+        users_failed: summary.users_failed,
+        users_failed_count: summary.users_failed_count,
+        persisted,
+        ...(reasons.length > 0 ? { failure_reasons: reasons } : {}),
+        ...(persistError === undefined ? {} : { persist_error: persistError }),
+      })
     } catch (err) {
+      await this.#audit(options.actor, 'manual-reset', target, 'error', { error: (err as Error)?.message ?? String(err) })
       throw unavailable(err)
     }
+    return summary
   }
 
   /** Any user's status; undefined when the user does not exist. */
@@ -83,9 +167,17 @@ export class AdminService {
   }
 
   /** Changes a user's tier (UnknownTierError for a tier that does not exist); undefined for an unknown user. */
-  async setUserTier(userId: string, tier: string): Promise<UserRow | undefined> {
-    const user = await setUserTier(this.#options.pool, userId, tier)
+  async setUserTier(userId: string, tier: string, actor?: AdminActor): Promise<UserRow | undefined> {
+    const target = { user_id: userId.toLowerCase(), tier }
+    let user: UserRow | undefined
+    try {
+      user = await setUserTier(this.#options.pool, userId, tier)
+    } catch (err) {
+      await this.#audit(actor, 'set-tier', target, 'error', { error: (err as Error).message })
+      throw err
+    }
     if (user) this.#options.limits.invalidateUser(user.id)
+    await this.#audit(actor, 'set-tier', target, user ? 'ok' : 'not-found')
     return user
   }
 
@@ -94,9 +186,43 @@ export class AdminService {
   }
 
   /** Edits a tier's limits (null = unlimited; absent = unchanged); UnknownTierError for an unknown tier. */
-  async updateLimits(tier: string, limits: Partial<Record<LimitColumn, number | null>>): Promise<TierLimitsRow> {
-    const row = await updateLimits(this.#options.pool, tier, limits)
+  async updateLimits(
+    tier: string,
+    limits: Partial<Record<LimitColumn, number | null>>,
+    actor?: AdminActor,
+  ): Promise<TierLimitsRow> {
+    const target = { tier }
+    let row: TierLimitsRow
+    try {
+      row = await updateLimits(this.#options.pool, tier, limits)
+    } catch (err) {
+      const outcome = err instanceof UnknownTierError && err.tier === tier ? 'not-found' : 'error'
+      await this.#audit(actor, 'update-limits', target, outcome, { limits, error: (err as Error).message })
+      throw err
+    }
     await this.#options.limits.invalidateAll()
+    await this.#audit(actor, 'update-limits', target, 'ok', { limits })
     return row
+  }
+
+  /**
+   * Records one admin action. A failed write is logged, never thrown: the action has happened (or
+   * failed) already, and its own answer must reach the caller.
+   */
+  async #audit(
+    actor: AdminActor | undefined,
+    action: AdminAction,
+    target: Record<string, unknown>,
+    outcome: AdminOutcome,
+    detail?: Record<string, unknown>,
+  ): Promise<void> {
+    try {
+      await recordAdminAction(this.#options.pool, { actor: actor?.id ?? null, action, target, outcome, detail })
+    } catch (err) {
+      const log = actor?.log ?? this.#options.logger
+      const entry = { err: (err as Error).message, actor: actor?.id ?? null, action, target, outcome }
+      if (log) log.error(entry, 'admin action not recorded in admin_audit')
+      else console.error('admin action not recorded in admin_audit', entry)
+    }
   }
 }

@@ -71,10 +71,24 @@ export interface ResetSummary {
   date: string
   user_id: string | null
   metrics: MetricName[]
-  /** Users whose Redis counters were zeroed. */
+  /** Users whose counters were zeroed. */
   users_reset: number
-  /** daily_usage rows zeroed. */
+  /** daily_usage rows of the reset users that hold the zeros (0 when `persisted` is false). */
   rows_updated: number
+  /**
+   * Every user of the scope was reset and daily_usage has their zeros. False: see `users_failed`
+   * and `persisted`; the same reset again finishes it (a reset is idempotent).
+   */
+  complete: boolean
+  /** Users whose counters could not be zeroed (nothing of theirs changed), the first 100 ids. */
+  users_failed: string[]
+  /** How many users could not be zeroed (`users_failed` may list fewer). */
+  users_failed_count: number
+  /**
+   * daily_usage was brought up to date in this call. False when Postgres failed after the counters
+   * were zeroed: the flusher writes the zeros on its next pass, or a retry does.
+   */
+  persisted: boolean
 }
 
 export type Amounts = Partial<Record<MetricName, number>>

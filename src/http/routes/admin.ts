@@ -1,9 +1,14 @@
 /**
  * Admin routes under /api/usage/admin: manual reset, any user's status, a user's tier, tier limits.
  * The work is the admin service's (usage/admin.ts); these routes validate, authorise and render.
+ * Every change is done in the name of the admin's token (the service records it in admin_audit)
+ * and logged here with actor, action, target and outcome.
  */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyRequest } from 'fastify'
 import type { TierLimitsRow } from '../../db/usage-limits.ts'
+import type { AdminActor } from '../../usage/admin.ts'
+import { UnknownTierError } from '../../usage/errors.ts'
 import { HttpError } from '../errors.ts'
 import {
   LimitsBody, LimitsListResponse, ResetBody, ResetResponse, StatusResponse, TierBody, TierLimitsSchema, TierParams,
@@ -23,29 +28,80 @@ function limitsBody(row: TierLimitsRow) {
   }
 }
 
+type Outcome = 'ok' | 'partial' | 'error' | 'not-found'
+
+function actorOf(request: FastifyRequest): AdminActor {
+  return { id: request.user.id, log: request.log }
+}
+
+/** Runs an admin action and logs how it ended; what it throws is logged and rethrown. */
+async function logged<T>(
+  request: FastifyRequest,
+  action: string,
+  target: Record<string, unknown>,
+  run: () => Promise<T>,
+  outcomeOf: (result: T) => Outcome,
+  detailOf: (result: T) => Record<string, unknown> = () => ({}),
+): Promise<T> {
+  const actor = request.user.id
+  let result: T
+  try {
+    result = await run()
+  } catch (err) {
+    // The same classification the error handler makes: a missing user, or the tier named in the URL.
+    const missing = (err instanceof HttpError && err.statusCode === 404)
+      || (err instanceof UnknownTierError && (request.params as { tier?: unknown } | undefined)?.tier === err.tier)
+    const outcome = missing ? 'not-found' : 'error'
+    request.log.warn({ actor, action, target, outcome, err: (err as Error).message }, `admin ${action}: ${outcome}`)
+    throw err
+  }
+  const outcome = outcomeOf(result)
+  const log = outcome === 'ok' ? request.log.info.bind(request.log) : request.log.warn.bind(request.log)
+  log({ actor, action, target, outcome, ...detailOf(result) }, `admin ${action}: ${outcome}`)
+  return result
+}
+
 const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
   const { admin } = app.quota
   app.addHook('onRequest', app.requireAdmin)
 
   app.post('/manual-reset', {
-    // The spec's curl sends no body at all: that means "everyone, every daily metric".
+    // The spec's curl sends no body at all: that means "everyone, every daily metric". A body of
+    // JSON `null` is refused rather than read as "everyone": a client bug must not reset everyone.
     preValidation: async (request) => {
-      if (request.body === undefined || request.body === null) request.body = {}
+      if (request.body === null) {
+        throw new HttpError(400, 'Invalid request', 'body must be an object; send no body to reset everyone', { field: 'body' })
+      }
+      if (request.body === undefined) request.body = {}
     },
     schema: {
       tags: ['admin'],
       summary: "Zeroes today's counters of one user / one metric / everyone, in Redis and Postgres",
-      description: 'Without `user_id`, everyone; without `metric`, the daily metrics (the storage gauge only when named). The body may be left out: the spec\'s curl sends none.',
+      description: [
+        'Without `user_id`, everyone active today; without `metric`, the daily metrics (the storage gauge only when named).',
+        "The body may be left out (the spec's curl sends none): that resets everyone. A body of JSON `null` is refused (400).",
+        'An unknown `user_id` answers 404 and changes nothing.',
+        '',
+        "Each user's counters are zeroed on their own, then daily_usage receives the zeros (version-guarded, so a spend made meanwhile is kept).",
+        'One user failing does not stop the others: the answer then says `complete: false` and lists `users_failed` (unchanged users, first 100;',
+        '`users_failed_count` is exact). `persisted: false` means the counters are zeroed but daily_usage is not yet: the flusher writes it on its next pass.',
+        'A reset is safe to retry: sending the same reset again zeroes what is left and ends in the same state.',
+        'When the counter store is unreachable for every user of the scope, 503 and nothing changed.',
+        'Every reset, whatever its outcome, is recorded in the `admin_audit` table.',
+      ].join('\n'),
       'x-body-optional': true,
       security,
       body: ResetBody,
-      response: { 200: ResetResponse, ...errorResponses(400, 401, 403, 413, 415, 503) },
+      response: { 200: ResetResponse, ...errorResponses(400, 401, 403, 404, 413, 415, 503) },
     },
   }, async (request) => {
     const body = request.body ?? {}
-    const summary = await admin.reset({ userId: body.user_id, metric: body.metric })
-    request.log.info({ summary }, 'manual usage reset')
-    return summary
+    const target = { user_id: body.user_id?.toLowerCase() ?? null, metric: body.metric ?? null }
+    return logged(request, 'manual-reset', target, async () => {
+      const summary = await admin.reset({ userId: body.user_id, metric: body.metric, actor: actorOf(request) })
+      if (!summary) throw new HttpError(404, 'Not found', `No user ${target.user_id ?? ''}`)
+      return summary
+    }, (summary) => (summary.complete ? 'ok' : 'partial'), (summary) => ({ summary }))
   })
 
   app.get('/users/:id/status', {
@@ -72,9 +128,12 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 200: UserTierResponse, ...errorResponses(400, 401, 403, 404, 413, 415, 503) },
     },
   }, async (request) => {
-    const user = await admin.setUserTier(request.params.id, request.body.tier)
-    if (!user) throw new HttpError(404, 'Not found', `No user ${request.params.id.toLowerCase()}`)
-    return { user_id: user.id, username: user.username, tier: user.tier }
+    const target = { user_id: request.params.id.toLowerCase(), tier: request.body.tier }
+    return logged(request, 'set-tier', target, async () => {
+      const user = await admin.setUserTier(request.params.id, request.body.tier, actorOf(request))
+      if (!user) throw new HttpError(404, 'Not found', `No user ${target.user_id}`)
+      return { user_id: user.id, username: user.username, tier: user.tier }
+    }, () => 'ok')
   })
 
   app.get('/limits', {
@@ -101,7 +160,10 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
         throw new HttpError(400, 'Invalid request', `body/${column} must have at most 6 decimal places`, { field: column })
       }
     }
-    return limitsBody(await admin.updateLimits(request.params.tier, request.body))
+    const target = { tier: request.params.tier }
+    return logged(request, 'update-limits', target,
+      async () => limitsBody(await admin.updateLimits(request.params.tier, request.body, actorOf(request))),
+      () => 'ok', () => ({ limits: request.body }))
   })
 }
 
