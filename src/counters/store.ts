@@ -64,8 +64,8 @@ export interface DecisionRequest {
 export interface DecisionAnswer {
   /**
    * allowed: admitted (and applied unless checking); denied: nothing changed; key-reused: refused.
-   * too-large: a consume or increment would take a metric past MAX_TOTAL (`deniedIndex` names
-   * it); too-many-keys: the user holds as many idempotency keys as the store allows. Both change
+   * too-large: a consume or increment that would be admitted would take a metric past MAX_TOTAL
+   * (`deniedIndex` names it; over a limit is a denial first); too-many-keys: the user holds as many idempotency keys as the store allows. Both change
    * nothing and store nothing under the key.
    */
   outcome: 'allowed' | 'denied' | 'key-reused' | 'too-large' | 'too-many-keys'

@@ -10,6 +10,7 @@
  */
 import type { Test } from 'tap'
 import type { CounterStore, DecisionRequest, MetricAmount, SeedState } from '../../../src/counters/store.ts'
+import { MAX_TOTAL_MICRO } from '../../../src/metrics.ts'
 import type { MetricName } from '../../../src/metrics.ts'
 import { newUserId } from '../../helpers/usage.ts'
 import { runModelTest } from './model.ts'
@@ -72,6 +73,32 @@ export function runConformance(t: Test, name: string, factory: StoreFactory): vo
     const user = newUserId()
     t.match(await store.decide(request(user, 'increment', [amount('compute_hours', 12, 10)])), { outcome: 'allowed', current: [12 * M] })
     t.match(await store.decide(request(user, 'consume', [amount('api_calls', 1e9, null)])), { outcome: 'allowed', current: [1e9 * M], limits: [null] })
+  })
+
+  t.test(`${name}: a total past MAX_TOTAL is refused and changes nothing (issue 11)`, async (t) => {
+    const { store } = await factory(t)
+    const user = newUserId()
+    const max = MAX_TOTAL_MICRO
+    t.equal(max, 9e15, 'the ceiling: 9e9 units, in micro-units below 2^53')
+    for (let i = 0; i < 9; i++) {
+      t.equal((await store.decide(request(user, 'increment', [amount('storage', 1e9)]))).outcome, 'allowed')
+    }
+    const full = await store.decide(request(user, 'check', [amount('storage', 0, null)]))
+    t.same(full.current, [max], 'exactly the ceiling is allowed')
+    const over = await store.decide(request(user, 'increment', [{ metric: 'storage', amount: 1, limit: null }]))
+    t.match(over, { outcome: 'too-large', deniedIndex: 0, replayed: false }, 'one micro-unit past it: refused')
+    const consumed = await store.decide(request(user, 'consume', [amount('api_calls', 1, null), amount('storage', 0.5, null)]))
+    t.match(consumed, { outcome: 'too-large', deniedIndex: 1 }, 'a consume too; the metric over the ceiling is named')
+    const idempotency = { key: 'big', fingerprint: 'increment|storage=1', context: { day: DAY, tier: 'free' } }
+    t.match(await store.decide(request(user, 'increment', [{ metric: 'storage', amount: 1, limit: null }], { idempotency })),
+      { outcome: 'too-large' }, 'with an idempotency key')
+    const after = await store.decide(request(user, 'check', [amount('api_calls', 0, null), amount('storage', 0, null)]))
+    t.same(after.current, [0, max], 'nothing of the refused calls was counted')
+    t.match(await store.decide(request(user, 'increment', [amount('storage', -1)])), { outcome: 'allowed', current: [max - M] },
+      'lowering the gauge still works')
+    t.match(await store.decide(request(user, 'increment', [amount('storage', 1)], { idempotency: { ...idempotency, fingerprint: 'x' } })),
+      { outcome: 'allowed', replayed: false }, 'the refused key was not stored: it is free for the call that fits')
+    t.match(await store.decide(request(user, 'refund', [amount('storage', 1)])), { outcome: 'allowed' }, 'refunds are never refused')
   })
 
   t.test(`${name}: refunds and storage decrements never go below 0`, async (t) => {
@@ -167,6 +194,20 @@ export function runConformance(t: Test, name: string, factory: StoreFactory): vo
     t.match(ok, { outcome: 'allowed', current: [10 * M] })
     const dirty = await sut.store.readDirty(100)
     t.ok(dirty.some((e) => e.userId === user && (e.state?.version ?? 0) > 2), 'the rebuilt day continues the recorded version')
+  })
+
+  t.test(`${name}: a history past MAX_TOTAL is rebuilt at the ceiling, never an error (issue 11)`, async (t) => {
+    const sut = await factory(t)
+    const user = newUserId()
+    await sut.store.decide(request(user, 'increment', [amount('api_calls', 1)]))
+    sut.history.set(`${user}:${DAY}`, { counts: { ...emptyCounts(), api_calls: 1e20, storage: 2 ** 60 }, version: 3, gauge: 2 ** 60 })
+    await sut.loseState()
+    const check = await sut.store.decide(request(user, 'check', [amount('api_calls', 0, null), amount('storage', 0, null)]))
+    t.match(check, { outcome: 'allowed', current: [MAX_TOTAL_MICRO, MAX_TOTAL_MICRO] }, 'read at the ceiling')
+    t.match(await sut.store.decide(request(user, 'increment', [amount('api_calls', 1)])), { outcome: 'too-large' })
+    await sut.store.reset(user, DAY, NOON, ['api_calls', 'storage'])
+    t.same((await sut.store.decide(request(user, 'check', [amount('api_calls', 0, null), amount('storage', 0, null)]))).current, [0, 0],
+      'and a reset works')
   })
 
   t.test(`${name}: concurrent consumes at the boundary admit exactly the limit`, async (t) => {

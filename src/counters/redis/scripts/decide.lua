@@ -46,8 +46,9 @@ Returns one flat array, the answers of the decisions in order:
                                                     replayed from the idempotency key
   status 1 = allowed / applied, 0 = denied (nothing changed), 2 = state must be loaded from Postgres
   first (Redis lost it), 3 = deadline passed (nothing changed), 4 = idempotency key reused with
-  other parameters, 5 = over the ceiling: a consume or increment would take a metric past
-  MAX_TOTAL (nothing changed, nothing stored under the key; denied names the metric), 6 = the user
+  other parameters, 5 = over the ceiling: a consume or increment that would be admitted would take a
+  metric past MAX_TOTAL (nothing changed, nothing stored under the key; denied names the metric;
+  a consume over a limit is denied, status 0, before the ceiling is looked at), 6 = the user
   holds as many idempotency keys as slot 9 allows (nothing changed; wait = ms until the oldest
   expires). denied = index of the first denied metric (0 = none); cur = values after the
   call (before it when denied or checked). A fresh answer leaves out the limits and context the
@@ -254,18 +255,18 @@ local function decide(args, day_key, gauge_key, idem_key, index_key, context, fi
     return
   end
 
-  if mode == 'consume' or mode == 'increment' then
+  local status, denied = ALLOWED, 0
+  if mode == 'check' or mode == 'consume' then
+    denied = first_denied(current, amounts, limits)
+    if denied > 0 then status = DENIED end
+  end
+  -- Past its limit is an ordinary denial; the ceiling refuses only what would be admitted.
+  if status == ALLOWED and (mode == 'consume' or mode == 'increment') then
     local over = first_too_large(current, amounts)
     if over > 0 then
       answer(TOO_LARGE, over)
       return
     end
-  end
-
-  local status, denied = ALLOWED, 0
-  if mode == 'check' or mode == 'consume' then
-    denied = first_denied(current, amounts, limits)
-    if denied > 0 then status = DENIED end
   end
   if status == ALLOWED and mode ~= 'check' then
     apply(args, fields, amounts, current, version, gauge, day_key, gauge_key)
