@@ -202,7 +202,7 @@ export const ResetResponse = Type.Object({
   user_id: Nullable(Type.String()),
   metrics: Type.Array(Type.String()),
   users_reset: Type.Integer({ description: 'Users whose counters were zeroed' }),
-  rows_updated: Type.Integer({ description: 'daily_usage rows of those users now holding the zeros (0 when not persisted)' }),
+  rows_updated: Type.Integer({ description: 'daily_usage rows zeroed' }),
   complete: Type.Boolean({ description: 'Every user of the scope was zeroed and daily_usage has the zeros; false: send the same reset again' }),
   users_failed: Type.Array(Type.String(), { description: 'Users that could not be zeroed (unchanged), the first 100' }),
   users_failed_count: Type.Integer({ description: 'How many users could not be zeroed' }),

@@ -8,7 +8,7 @@ import type { Logger } from 'pino'
 import type { Clock } from '../clock.ts'
 import { utcDay } from '../clock.ts'
 import type { CounterStore } from '../counters/store.ts'
-import { countDayRows, recordAdminAction, userExists } from '../db/admin-audit.ts'
+import { databaseNow, recordAdminAction, userExists, zeroRowsNotWrittenSince } from '../db/admin-audit.ts'
 import type { AdminAction, AdminOutcome } from '../db/admin-audit.ts'
 import { notifyChange } from '../db/changes.ts'
 import type { Pool } from '../db/client.ts'
@@ -18,7 +18,7 @@ import type { LimitColumn, TierLimitsRow } from '../db/usage-limits.ts'
 import { getUser, setUserTier } from '../db/users.ts'
 import type { UserRow } from '../db/users.ts'
 import type { LimitsCache } from '../limits/limits-cache.ts'
-import { InvalidAmountError, isMetricName } from '../metrics.ts'
+import { InvalidAmountError, METRICS, isMetricName } from '../metrics.ts'
 import type { MetricName } from '../metrics.ts'
 import { DAILY_METRICS, normalizeUserId } from './amounts.ts'
 import { UnknownTierError } from './errors.ts'
@@ -71,12 +71,12 @@ export class AdminService {
    * (`storage` only when named) — in the counter store and in daily_usage. Undefined when the
    * named user does not exist (nothing is touched).
    *
-   * Per user, the store is zeroed first; daily_usage then gets the zeros through the flusher. Why
-   * this way round and not a direct UPDATE of daily_usage: the store's reset bumps the user-day's
-   * version and marks it dirty, so the flush writes the zeros under the version guard — after any
-   * spend made meanwhile, never over it — and if Postgres fails now, the next flush writes them
-   * anyway. A direct UPDATE could erase a spend flushed between the two steps (the row would keep
-   * that spend's version, so nothing would ever rewrite it), or zero a user whose store reset failed.
+   * Per batch of users: the store first, then the daily_usage rows of the users it reset. This
+   * order keeps them agreeing whatever runs in between: the store's reset bumps the user-day's
+   * version and marks it dirty, so the next flush writes the zeros (and any spend made since)
+   * even if the Postgres step fails or is skipped; and the Postgres step leaves alone rows a
+   * flush wrote after the batch began (zeroing those could erase a spend for good). The other
+   * order could zero a row while the store keeps the counts, if the store's reset then failed.
    *
    * One user's failure does not stop the others: the summary lists who failed (`complete: false`),
    * and the same reset again finishes the job (zeroing twice ends where zeroing once does). Only a
@@ -88,6 +88,7 @@ export class AdminService {
       throw new InvalidAmountError(`unknown metric "${String(options.metric)}"`, 'metric')
     }
     const metrics = options.metric === undefined ? [...DAILY_METRICS] : [options.metric]
+    const columns = metrics.map((m) => METRICS[m].column)
     const now = clock.now()
     const day = utcDay(now)
     const userId = options.userId === undefined ? null : normalizeUserId(options.userId)
@@ -109,29 +110,36 @@ export class AdminService {
       }
       const reset: string[] = []
       const failed: { userId: string; error: unknown }[] = []
+      let rows = 0
+      let persistError: string | undefined
       for (let i = 0; i < users.length; i += RESET_CONCURRENCY) {
         const batch = users.slice(i, i + RESET_CONCURRENCY)
+        let since: string | undefined
+        try {
+          since = await databaseNow(pool)
+        } catch (err) {
+          persistError ??= (err as Error).message
+        }
         const results = await Promise.allSettled(batch.map((u) => store.reset(u, day, now, metrics)))
+        const done: string[] = []
         results.forEach((r, j) => {
           const u = batch[j] as string
-          if (r.status === 'fulfilled') reset.push(u)
+          if (r.status === 'fulfilled') done.push(u)
           else failed.push({ userId: u, error: r.reason })
         })
+        reset.push(...done)
+        try {
+          if (since !== undefined) rows += await zeroRowsNotWrittenSince(pool, day, done, columns, since)
+        } catch (err) {
+          // The store's dirty marks still carry the zeros: the next flush writes them.
+          persistError ??= (err as Error).message
+        }
       }
       if (users.length > 0 && reset.length === 0) throw failed[0]?.error
+      const persisted = persistError === undefined
       this.#options.usage.forgetDenials(userId)
       // Other replicas drop their remembered denials too.
       await notifyChange(pool, 'reset').catch(() => {})
-      let persisted = true
-      let rows = 0
-      let persistError: string | undefined
-      try {
-        await this.#options.flushAll()
-        rows = await countDayRows(pool, day, reset)
-      } catch (err) {
-        persisted = false
-        persistError = (err as Error).message
-      }
       summary = {
         date: day,
         user_id: userId,

@@ -73,7 +73,7 @@ export interface ResetSummary {
   metrics: MetricName[]
   /** Users whose counters were zeroed. */
   users_reset: number
-  /** daily_usage rows of the reset users that hold the zeros (0 when `persisted` is false). */
+  /** daily_usage rows this reset zeroed (a row a flush rewrote meanwhile is left to the flusher). */
   rows_updated: number
   /**
    * Every user of the scope was reset and daily_usage has their zeros. False: see `users_failed`

@@ -2,9 +2,9 @@
  * Issue 11, "the global manual reset is not atomic across its steps": a reset that failed part-way
  * left Redis zeroed for some users and daily_usage for none. Now each user is reset on its own —
  * one failure does not stop the others, the summary says what is left (`complete: false`,
- * `users_failed`, `persisted`), and the same reset again finishes the job — and daily_usage gets
- * the zeros through the version-guarded flush, so Redis and Postgres agree afterwards even when a
- * spend lands between a user's reset and the Postgres step.
+ * `users_failed`, `persisted`), and the same reset again finishes the job — and Redis and
+ * daily_usage agree afterwards, even when a spend is flushed between a user's reset and the
+ * Postgres step.
  */
 import t from 'tap'
 import type { Test } from 'tap'
@@ -110,17 +110,29 @@ t.test('Postgres failing after the counters are zeroed: persisted false, the nex
   const h = await createUsageHarness(t)
   const users = [newUserId(), newUserId()]
   await spend(t, h, users)
-  let calls = 0
-  const admin = adminWith(h, h.store, async () => {
-    // The flush before listing users works; the one that writes the zeros fails.
-    if (++calls === 2) throw new Error('Connection terminated unexpectedly')
-    return h.flusher.flushAll()
+  // The service's pool, except that the reset's UPDATE of daily_usage fails.
+  const pool = new Proxy(h.pool, {
+    get: (target, prop) => {
+      if (prop === 'query') {
+        return (query: unknown, ...rest: unknown[]) => {
+          const text = typeof query === 'string' ? query : (query as { text?: string }).text ?? ''
+          if (/UPDATE daily_usage/i.test(text)) return Promise.reject(new Error('Connection terminated unexpectedly'))
+          return (target.query as (...a: unknown[]) => unknown).call(target, query, ...rest)
+        }
+      }
+      const value: unknown = Reflect.get(target, prop, target)
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value
+    },
   })
+  const admin = new AdminService({ pool, store: h.store, limits: h.limits, usage: h.service, clock: h.clock, flushAll: () => h.flusher.flushAll() })
   const summary = await admin.reset()
   t.match(summary, { users_reset: 2, users_failed_count: 0, complete: false, persisted: false, rows_updated: 0 })
-  for (const u of users) t.same(await postgresCounts(h, u), FULL, 'daily_usage not yet zeroed')
+  for (const u of users) t.same(await redisCounts(h, u), ZERO, 'the counters are zeroed')
+  for (const u of users) t.same(await postgresCounts(h, u), FULL, 'daily_usage not yet')
   await agree(t, h, users, 'after the next flush')
   for (const u of users) t.same(await postgresCounts(h, u), ZERO, 'the flusher wrote the zeros')
+  const { rows } = await h.pool.query<{ outcome: string; detail: { persist_error?: string } }>('SELECT outcome, detail FROM admin_audit')
+  t.match(rows, [{ outcome: 'partial', detail: { persist_error: /Connection terminated/ } }], 'recorded as partial, with the reason')
 })
 
 t.test('a spend between a user\'s reset and the Postgres step is kept in daily_usage', async (t) => {

@@ -82,7 +82,7 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
         "The body may be left out (the spec's curl sends none): that resets everyone. A body of JSON `null` is refused (400).",
         'An unknown `user_id` answers 404 and changes nothing.',
         '',
-        "Each user's counters are zeroed on their own, then daily_usage receives the zeros (version-guarded, so a spend made meanwhile is kept).",
+        "Each user's counters are zeroed on their own, then that user's daily_usage row (a row a flush rewrote meanwhile is left to the flusher, so a spend made meanwhile is kept).",
         'One user failing does not stop the others: the answer then says `complete: false` and lists `users_failed` (unchanged users, first 100;',
         '`users_failed_count` is exact). `persisted: false` means the counters are zeroed but daily_usage is not yet: the flusher writes it on its next pass.',
         'A reset is safe to retry: sending the same reset again zeroes what is left and ends in the same state.',
