@@ -110,7 +110,7 @@ export async function createQuotaEngine(options: QuotaEngineOptions): Promise<Qu
   const usage = new UsageService({
     store, limits, clock, logger, failMode: options.failMode ?? 'closed', denyCacheMs: options.denyCacheMs,
   })
-  const admin = new AdminService({ pool, store, limits, usage, clock, flushAll: () => flusher.flushAll() })
+  const admin = new AdminService({ pool, store, limits, usage, clock, flushAll: () => flusher.flushAll(), logger })
   const flushing = options.flush !== false
 
   let closing: Promise<void> | undefined

@@ -11,12 +11,19 @@ export class UnknownTierError extends Error {
   }
 }
 
+/** The pg error itself: drizzle wraps it (DrizzleQueryError) and keeps it as the cause. */
+function pgError(err: unknown): { code?: string; constraint?: string } | null {
+  const e = err as { code?: string; constraint?: string; cause?: unknown } | null
+  if (e && e.code === undefined && e.cause !== undefined) return pgError(e.cause)
+  return e
+}
+
 /** The SQLSTATE of a pg error (undefined for anything else). */
 export function pgCode(err: unknown): string | undefined {
-  return (err as { code?: string } | null)?.code
+  return pgError(err)?.code
 }
 
 /** The constraint a pg error names. */
 export function pgConstraint(err: unknown): string | undefined {
-  return (err as { constraint?: string } | null)?.constraint
+  return pgError(err)?.constraint
 }

@@ -239,5 +239,5 @@ t.test('admin: manual reset of one user, one metric, everyone', async (t) => {
   t.equal((await c.usage(u3.headers)).storage, 0, 'one metric of everyone')
 
   const unknown = await c.post('/api/usage/admin/manual-reset', a.headers, { user_id: randomUUID() })
-  t.equal(unknown.statusCode, 200, 'resetting a user with no usage is harmless')
+  t.equal(unknown.statusCode, 404, 'resetting a user that does not exist is a 404 (nothing is created for it)')
 })
