@@ -6,6 +6,7 @@
 import type { Logger } from 'pino'
 import type { Config } from './config.ts'
 import { createRedisClient, connectRedis, redactUrl } from './counters/redis/client.ts'
+import { readRedisSettings, restartLoses } from './counters/redis/settings-check.ts'
 import { createPool, ensureDatabase } from './db/client.ts'
 import { migrate } from './db/migrate.ts'
 
@@ -50,7 +51,12 @@ export async function preparePostgres(config: Config, log: Logger): Promise<stri
   return undefined
 }
 
-/** Connects and PINGs once. Returns the problem to print, or undefined when Redis answers. */
+/**
+ * Connects and PINGs once; in production also refuses a Redis that keeps nothing on disk (unless
+ * REDIS_ALLOW_NO_PERSISTENCE=true): after its restart the counters come back from Postgres only
+ * up to the last flush, and idempotency keys of the last flush interval are forgotten. Returns the
+ * problem to print, or undefined when Redis is fit.
+ */
 export async function checkRedis(config: Config): Promise<string | undefined> {
   // A throwaway connection: the app opens its own. Failing here gives the operator a clear line.
   const probe = createRedisClient({ url: config.redisUrl, commandTimeoutMs: 2000, connectionName: 'quota-preflight' })
@@ -62,12 +68,20 @@ export async function checkRedis(config: Config): Promise<string | undefined> {
   try {
     await connectRedis(probe, config.redisUrl, 3000)
     await probe.ping()
-    return undefined
   } catch (err) {
     const cause = socketError ?? (err as Error)
+    probe.disconnect()
     return `quota: cannot reach Redis at ${redactUrl(config.redisUrl)} (${cause.message.replace(/\.+$/, '')}).\n` +
       '  Start it with: docker compose up -d redis\n' +
       '  or, installed locally: redis-server --daemonize yes'
+  }
+  try {
+    if (!config.production || config.redisAllowNoPersistence) return undefined
+    if (restartLoses(await readRedisSettings(probe)) !== 'everything') return undefined
+    return `quota: Redis at ${redactUrl(config.redisUrl)} keeps nothing on disk (appendonly no, no save rules).\n` +
+      '  A Redis restart would lose the changes of the last flush interval. Turn on AOF:\n' +
+      '    redis-cli CONFIG SET appendonly yes  (and appendfsync everysec in redis.conf)\n' +
+      '  or accept that loss explicitly with REDIS_ALLOW_NO_PERSISTENCE=true'
   } finally {
     probe.disconnect()
   }

@@ -9,6 +9,19 @@ import type { Logger } from 'pino'
 export interface RedisSettings {
   maxmemoryPolicy: string | null
   appendonly: string | null
+  /** RDB snapshot rules ("" = none). */
+  save: string | null
+}
+
+/**
+ * What a Redis restart loses, from its settings: `none` with AOF (appendfsync everysec: at most
+ * about one second of writes), `snapshot` with RDB only (everything since the last snapshot),
+ * `everything` with neither, `unknown` when CONFIG GET is refused (managed Redis).
+ */
+export function restartLoses(settings: RedisSettings): 'none' | 'snapshot' | 'everything' | 'unknown' {
+  if (settings.appendonly === 'yes') return 'none'
+  if (settings.appendonly === null || settings.save === null) return 'unknown'
+  return settings.save.trim() === '' ? 'everything' : 'snapshot'
 }
 
 export async function readRedisSettings(redis: Redis): Promise<RedisSettings> {
@@ -23,7 +36,7 @@ export async function readRedisSettings(redis: Redis): Promise<RedisSettings> {
       return null
     }
   }
-  return { maxmemoryPolicy: await get('maxmemory-policy'), appendonly: await get('appendonly') }
+  return { maxmemoryPolicy: await get('maxmemory-policy'), appendonly: await get('appendonly'), save: await get('save') }
 }
 
 export async function warnAboutRedisDurability(redis: Redis, logger?: Pick<Logger, 'warn'>): Promise<RedisSettings> {
