@@ -2,7 +2,8 @@
  * The process: config, preflight of Postgres and Redis with operator-readable failures,
  * migrations, listen, and graceful shutdown. SIGTERM/SIGINT -> app.close() (stops accepting,
  * drains in-flight requests, then onClose hooks flush counters and close connections) -> exit 0.
- * `npm start` runs this file directly with `node --import tsx`, in-process (no tsx child).
+ * `npm start` runs its build (dist/server.js) with plain node; `npm run dev` runs this file with
+ * `node --import tsx`, in-process (no tsx child).
  */
 // Only light modules are imported statically: the signal handlers must be in place before the
 // heavy graph (fastify, pg, ioredis, drizzle, the app) loads, which under load can take seconds;

@@ -1,6 +1,7 @@
 /**
- * The real service as a child process, started exactly as users start it — `node --import tsx
- * src/server.ts` (what `npm start` runs) or `npm start` itself — for the tests that only a real
+ * The real service as a child process, started as users start it — `node --import tsx
+ * src/server.ts` (what `npm run dev` runs: no build step, so tests start fast) or `npm start`
+ * itself (which builds dist/ when stale and runs it with plain node) — for the tests that only a real
  * process can answer: signals (SIGTERM drains, flushes, exits 0), SIGKILL + restart (nothing
  * lost), start-up from environment, migrations on start.
  *
