@@ -9,6 +9,11 @@ import type { MetricName } from '../metrics.ts'
 /** Redis could not be reached (down, paused, timed out) and the fail mode is `closed`. */
 export class UsageUnavailableError extends Error {
   override name = 'UsageUnavailableError'
+  /**
+   * For a Fastify app using the plugin without quota's error handler: Fastify answers an error
+   * with its `statusCode`, so the guard's "cannot decide now" is a 503 there too, not a 500.
+   */
+  readonly statusCode = 503
   constructor(message = 'Usage tracking is temporarily unavailable', options?: { cause?: unknown }) {
     super(message, options)
   }
