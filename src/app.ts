@@ -123,6 +123,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     failMode: config.usageFailMode,
     commandTimeoutMs: config.redisCommandTimeoutMs,
     flushIntervalMs: config.flushIntervalMs,
+    idempotencyKeysPerUser: config.idempotencyKeysPerUser,
     clock: app.clock,
     logger: app.log,
     ...options.quota,

@@ -132,6 +132,10 @@ export function fromMicro(micro: number): number {
 export function limitToMicro(value: string | number | null): number | null {
   if (value === null) return null
   const text = typeof value === 'number' ? String(value) : value
+  // A limit no total can reach (set by plain SQL past MAX_TOTAL) acts as MAX_TOTAL: the same
+  // answers, and the tier still loads instead of failing every decision.
+  const whole = /^\s*(\d+)/.exec(text)?.[1]
+  if (whole !== undefined && Number(whole) >= MAX_TOTAL) return MAX_TOTAL_MICRO
   return decimalTextToMicro(text)
 }
 

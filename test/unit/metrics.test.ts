@@ -6,7 +6,7 @@
 import fc from 'fast-check'
 import t from 'tap'
 import {
-  InvalidAmountError, METRIC_NAMES, METRICS, decimalTextToMicro, fromMicro, isMetricName, limitToMicro,
+  InvalidAmountError, MAX_TOTAL_MICRO, METRIC_NAMES, METRICS, decimalTextToMicro, fromMicro, isMetricName, limitToMicro,
   microToDecimalText, toMicro,
 } from '../../src/metrics.ts'
 
@@ -94,6 +94,8 @@ t.test('limits and numeric text from Postgres', async (t) => {
   t.equal(limitToMicro('10'), 10_000_000)
   t.equal(limitToMicro('9.800000'), 9_800_000, 'numeric text with trailing zeros')
   t.equal(limitToMicro(0.1), 100_000)
+  t.equal(limitToMicro('100000000000000000000'), MAX_TOTAL_MICRO, 'a limit past the maximum total acts as it (regression: the tier failed to load)')
+  t.equal(limitToMicro(9e9), MAX_TOTAL_MICRO)
   t.equal(decimalTextToMicro('0'), 0)
   t.equal(decimalTextToMicro('0.000001'), 1)
   t.equal(decimalTextToMicro(' 12 '), 12_000_000)
