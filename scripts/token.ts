@@ -4,12 +4,16 @@
  * Prints (only) a signed HS256 JWT the running service accepts: the secret is JWT_SECRET, else the
  * git-ignored dev secret file the service itself uses when JWT_SECRET is unset, so a fresh checkout
  * needs no configuration. Notes and errors go to stderr, so `TOKEN=$(npm run -s token)` works.
+ *
+ * The token always carries `iat`; it carries `iss` = JWT_ISSUER and `aud` = JWT_AUDIENCE when
+ * those are set (the service then requires them), and a --ttl beyond JWT_MAX_LIFETIME_S is refused
+ * here rather than by the service.
  */
 import { randomUUID } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { createSigner } from 'fast-jwt'
 import { isUuid } from '../src/ids.ts'
-import { DEV_SECRET_FILE, devSecret } from '../src/config.ts'
+import { DEV_SECRET_FILE, EnvSchema, devSecret } from '../src/config.ts'
 
 const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400 }
 const USAGE = 'usage: npm run token -- --sub <uuid> [--role admin] [--username NAME] [--ttl 1h]'
@@ -27,6 +31,18 @@ function parseTtl(text: string): number {
   const seconds = Number(match[1]) * (UNITS[match[2] as string] ?? 0)
   if (seconds <= 0) fail('--ttl must be greater than 0')
   return seconds
+}
+
+/** JWT_MAX_LIFETIME_S as the service reads it (its default when unset or not a whole number). */
+function maxLifetimeS(): number {
+  const raw = process.env.JWT_MAX_LIFETIME_S?.trim()
+  const fallback = (EnvSchema.properties.JWT_MAX_LIFETIME_S as { default?: number }).default ?? 2_592_000
+  return raw && /^\d+$/.test(raw) ? Number(raw) : fallback
+}
+
+/** JWT_AUDIENCE as the service reads it: comma-separated, blanks dropped. */
+function audience(): string[] {
+  return (process.env.JWT_AUDIENCE ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '')
 }
 
 function main(): void {
@@ -53,6 +69,8 @@ function main(): void {
   if (values.sub !== undefined && !isUuid(values.sub)) fail(`--sub must be a UUID, got "${values.sub}"`)
   if (values.role !== undefined && values.role !== 'admin') fail(`--role accepts only "admin", got "${values.role}"`)
   const ttl = parseTtl(values.ttl ?? '1h')
+  const maxTtl = maxLifetimeS()
+  if (ttl > maxTtl) fail(`--ttl ${values.ttl} is longer than JWT_MAX_LIFETIME_S (${maxTtl} s); the service would refuse the token`)
   const sub = values.sub ?? randomUUID()
   if (values.sub === undefined) console.error(`token: no --sub given; using a new random user id ${sub}`)
 
@@ -71,7 +89,17 @@ function main(): void {
   const claims: Record<string, unknown> = { sub }
   if (values.role) claims.role = values.role
   if (values.username) claims.username = values.username
-  const sign = createSigner({ key: secret, algorithm: 'HS256', expiresIn: ttl * 1000 })
+  const issuer = process.env.JWT_ISSUER
+  const audiences = audience()
+  const sign = createSigner({
+    key: secret,
+    algorithm: 'HS256',
+    expiresIn: ttl * 1000,
+    // iat is what the service measures the lifetime from (exp - iat <= JWT_MAX_LIFETIME_S).
+    noTimestamp: false,
+    ...(issuer ? { iss: issuer } : {}),
+    ...(audiences.length > 0 ? { aud: audiences.length === 1 ? audiences[0] : audiences } : {}),
+  })
   process.stdout.write(`${sign(claims)}\n`)
 }
 

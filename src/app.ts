@@ -3,7 +3,6 @@
  * what tests `inject` into. It owns the connections it creates (and closes them in onClose);
  * connections passed in belong to the caller.
  */
-import { randomUUID } from 'node:crypto'
 import helmet from '@fastify/helmet'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import Fastify from 'fastify'
@@ -18,7 +17,11 @@ import { createRedisClient, connectRedis } from './counters/redis/client.ts'
 import { createPool } from './db/client.ts'
 import type { Pool } from './db/client.ts'
 import auth from './http/auth.ts'
-import { registerErrorHandling } from './http/errors.ts'
+import { registerBodyEncodingCheck } from './http/body-encoding.ts'
+import { createClientErrorHandler, handleServerLevelRequests } from './http/client-errors.ts'
+import { HttpError, registerErrorHandling } from './http/errors.ts'
+import { requestId } from './http/request-id.ts'
+import { HELMET_OPTIONS } from './http/security-headers.ts'
 import healthRoutes from './http/routes/health.ts'
 import openapi from './http/openapi.ts'
 import { createQuotaEngine } from './engine.ts'
@@ -68,9 +71,38 @@ function loggingOptions(config: Config, logger: BuildAppOptions['logger']) {
   return { logger: { ...loggerOptions(config), ...(typeof logger === 'object' ? logger : {}) } }
 }
 
+/**
+ * Node's HTTP server limits (README, "Security"): a request's headers must
+ * arrive within HTTP_HEADERS_TIMEOUT_MS and the whole request within HTTP_REQUEST_TIMEOUT_MS, else
+ * 408; an idle keep-alive connection is closed after HTTP_KEEP_ALIVE_TIMEOUT_MS; a connection on
+ * which nothing moves at all while a request is in progress (a client that stops reading its
+ * answer) is closed after max(2 x HTTP_REQUEST_TIMEOUT_MS, 60 s).
+ */
+function serverLimits(http: Config['http']) {
+  const requestTimeout = http.requestTimeoutMs
+  const headersTimeout = Math.min(http.headersTimeoutMs, requestTimeout)
+  return {
+    requestTimeout,
+    keepAliveTimeout: http.keepAliveTimeoutMs,
+    connectionTimeout: Math.max(2 * requestTimeout, 60_000),
+    http: {
+      // Node's own Host check answers a bare 400; the onRequest hook in buildApp sends the envelope.
+      requireHostHeader: false,
+      requestTimeout,
+      headersTimeout,
+      // Node looks for late requests on this period (default 30 s): check often enough that the
+      // 408 comes close to the limit.
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(headersTimeout / 2))),
+    },
+  }
+}
+
 export async function buildApp(options: BuildAppOptions): Promise<FastifyInstance> {
   const { config } = options
   const app = Fastify({
+    ...serverLimits(config.http),
+    // Parser errors and timeouts (400/408/413/431) get the envelope too (client-errors.ts).
+    clientErrorHandler: createClientErrorHandler(config.http),
     ...loggingOptions(config, options.logger),
     // Quota requests are tiny JSON documents; anything bigger is a mistake or an attack (413).
     bodyLimit: 16384,
@@ -79,10 +111,12 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     // Types are never coerced ("5" is not 5) and extra properties are refused, not stripped:
     // bad input must be a 400, never silently reinterpreted and counted.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
-    return503OnClosing: true,
-    requestIdHeader: 'x-request-id',
-    genReqId: () => randomUUID(),
+    // While closing, the onRequest hook below answers the envelope 503 (Fastify's would be raw).
+    return503OnClosing: false,
+    // A client's x-request-id only when it is a short, safe token; else a new UUID (request-id.ts).
+    genReqId: requestId,
   }).withTypeProvider<TypeBoxTypeProvider>()
+  handleServerLevelRequests(app.server, app.log)
 
   // Registered first so it runs last on close: the usage plugin's onClose (final flush) still
   // has its Redis and Postgres connections.
@@ -141,10 +175,30 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   // JSON only: Fastify's built-in text/plain parser would let `curl -d` bodies reach validation
   // as strings (a 400); the contract refuses any body that is not application/json with 415.
   app.removeContentTypeParser('text/plain')
-  // A JSON API renders nothing, so no CSP; the other headers (nosniff, frame-ancestors...) stay.
-  await app.register(helmet, { global: true, contentSecurityPolicy: false })
+  // ...and only UTF-8, uncompressed JSON: another charset or a Content-Encoding is a 415.
+  registerBodyEncodingCheck(app)
+  // A strict CSP on every API answer; the Swagger UI routes set their own (openapi.ts).
+  await app.register(helmet, HELMET_OPTIONS)
+
+  // After helmet, so the 503 carries its headers. Fastify marks the server closing just before
+  // running preClose hooks; from then on every new request is refused (and gets Connection: close).
+  let closing = false
+  app.addHook('preClose', async () => {
+    closing = true
+  })
+  app.addHook('onRequest', async (request) => {
+    if (closing) {
+      throw new HttpError(503, 'Service not available', 'The server is shutting down; retry the request',
+        {}, { 'Retry-After': '1' })
+    }
+    // RFC 9112 3.2: an HTTP/1.1 request without Host is a 400 (Node's check is turned off above).
+    if (request.raw.httpVersion === '1.1' && request.headers.host === undefined) {
+      throw new HttpError(400, 'Bad request', 'HTTP/1.1 requests must carry a Host header')
+    }
+  })
+
   await app.register(auth, { config, provisionUser: (id, username) => engine.limits.provisionUser(id, username) })
-  await app.register(openapi)
+  await app.register(openapi, { docs: config.docs })
   await app.register(healthRoutes, { pingCounters: () => engine.store.ping(), pool })
 
   // ---- usage plugin and routes are registered here ----

@@ -24,7 +24,10 @@ interface Run {
 }
 
 function run(args: string[], env: Record<string, string | undefined>, cwd?: string): Promise<Run> {
-  const childEnv: Record<string, string | undefined> = { ...process.env, JWT_SECRET: undefined, JWT_PUBLIC_KEY: undefined, ...env }
+  const childEnv: Record<string, string | undefined> = {
+    ...process.env, JWT_SECRET: undefined, JWT_PUBLIC_KEY: undefined, JWT_ISSUER: undefined, JWT_AUDIENCE: undefined,
+    JWT_MAX_LIFETIME_S: undefined, ...env,
+  }
   return new Promise((resolve) => {
     execFile(process.execPath, ['--import', TSX, SCRIPT, ...args], { env: childEnv as NodeJS.ProcessEnv, cwd }, (err, stdout, stderr) => {
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr })
@@ -54,6 +57,41 @@ t.test('prints one token that verifies with JWT_SECRET, carrying sub, role, user
   const res = await app.inject({ url: '/test/me', headers: { authorization: `Bearer ${out.stdout.trim()}` } })
   t.equal(res.statusCode, 200)
   t.same(res.json(), { id: sub, username: 'ops', admin: true })
+})
+
+t.test('with JWT_ISSUER and JWT_AUDIENCE set it carries iss, aud and iat, and the service accepts it', async (t) => {
+  const sub = randomUUID()
+  const env = { JWT_SECRET: secret, JWT_ISSUER: 'https://issuer.example', JWT_AUDIENCE: 'quota-api, quota-admin' }
+  const out = await run(['--sub', sub], env)
+  t.equal(out.code, 0, out.stderr)
+  const claims = createVerifier({ key: secret, algorithms: ['HS256'] })(out.stdout.trim()) as Record<string, unknown>
+  t.match(claims, { sub, iss: 'https://issuer.example', aud: ['quota-api', 'quota-admin'] })
+  t.type(claims.iat, 'number')
+  const { app } = await buildTestApp(t, {
+    env,
+    routes: (app) => {
+      app.get('/test/me', { preHandler: app.requireUser }, async (request) => request.user)
+    },
+  })
+  const res = await app.inject({ url: '/test/me', headers: { authorization: `Bearer ${out.stdout.trim()}` } })
+  t.equal(res.statusCode, 200, res.body)
+
+  const single = await run(['--sub', sub], { ...env, JWT_AUDIENCE: 'quota-api' })
+  t.match(createVerifier({ key: secret })(single.stdout.trim()), { aud: 'quota-api' }, 'one audience: a string')
+})
+
+t.test('a --ttl beyond JWT_MAX_LIFETIME_S (default 30 days) is refused', async (t) => {
+  const [tooLong, custom, ok] = await Promise.all([
+    run(['--ttl', '31d'], { JWT_SECRET: secret }),
+    run(['--ttl', '2h'], { JWT_SECRET: secret, JWT_MAX_LIFETIME_S: '3600' }),
+    run(['--ttl', '30d'], { JWT_SECRET: secret }),
+  ])
+  t.equal(tooLong.code, 1)
+  t.equal(tooLong.stdout, '')
+  t.match(tooLong.stderr, /--ttl 31d is longer than JWT_MAX_LIFETIME_S \(2592000 s\)/)
+  t.equal(custom.code, 1)
+  t.match(custom.stderr, /JWT_MAX_LIFETIME_S \(3600 s\)/)
+  t.equal(ok.code, 0, ok.stderr)
 })
 
 t.test('without JWT_SECRET it signs with the dev secret file the service reads', async (t) => {

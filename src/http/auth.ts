@@ -3,6 +3,11 @@
  * secret) or RS256/ES256 with JWT_PUBLIC_KEY (verify-only). The accepted algorithms are fixed by
  * the key, so `alg: none` and HS/RS confusion are refused; `exp` is required.
  *
+ * The claims are checked as RFC 8725 advises: `iss` must equal JWT_ISSUER and `aud` must contain
+ * one of JWT_AUDIENCE when those are set (the claim is then required); a token may live at most
+ * JWT_MAX_LIFETIME_S (`exp - iat`, or `exp - now` without `iat`); `exp`, `nbf` and an `iat` in
+ * the future get JWT_CLOCK_SKEW_S of allowance; `sub` is a UUID other than the nil UUID.
+ *
  * `app.authenticate` verifies, validates the claims, provisions the user on first sight and sets
  * `request.user`. Provisioned ids live in a bounded LRU, so a known user costs no Postgres round
  * trip; concurrent first requests of one user share one provisioning query.
@@ -33,6 +38,7 @@ export interface AuthUser {
 export interface TokenClaims {
   sub?: unknown
   exp?: unknown
+  iat?: unknown
   role?: unknown
   roles?: unknown
   username?: unknown
@@ -74,6 +80,9 @@ export interface AuthPluginOptions {
 
 // Usernames outside this shape are ignored (the id is used), not refused: the token is still valid.
 const USERNAME = /^[^\p{Cc}]{1,128}$/u
+
+/** RFC 9562 5.9: "all bits zero", a placeholder, never a user. */
+const NIL_UUID = '00000000-0000-0000-0000-000000000000'
 
 function unauthorized(message: string): HttpError {
   return new HttpError(401, 'Unauthorized', message, {}, { 'WWW-Authenticate': 'Bearer' })
@@ -123,6 +132,14 @@ function tokenError(err: unknown, algorithms: readonly string[], header: () => {
     case 'FAST_JWT_INACTIVE':
       // "The token has expired at 2026-01-01T00:00:00.000Z." -> "Token has expired at ..."
       return unauthorized(detail.replace(/^The token /, 'Token '))
+    case 'FAST_JWT_INVALID_CLAIM_VALUE': {
+      // "The iss claim value is not allowed." / "None of aud claim values are allowed." Only iss
+      // and aud are matched against allowed values; the expected values are not echoed.
+      const claim = /allowed/.test(detail) ? /(?:The|None of) (\w+) claim/.exec(detail)?.[1] : undefined
+      if (claim === 'iss') return unauthorized("Token iss claim is not this service's issuer")
+      if (claim === 'aud') return unauthorized("Token aud claim does not name this service's audience")
+      return unauthorized(`Token rejected: ${detail}`)
+    }
     default:
       // claim type/value, crit header...
       return unauthorized(`Token rejected: ${detail}`)
@@ -145,6 +162,36 @@ function bearerToken(header: string | undefined): string {
   return token
 }
 
+export interface ClaimRules {
+  maxLifetimeS: number
+  clockSkewS: number
+}
+
+/**
+ * The time rules fast-jwt does not apply: `iat` is a number not in the future (beyond the skew),
+ * and the lifetime (`exp - iat`, or `exp - now` when there is no `iat`) is at most the maximum.
+ * Checked on every request, cached tokens included: "now" moves.
+ */
+export function checkTokenTimes(claims: TokenClaims, rules: ClaimRules, nowS: number = Date.now() / 1000): void {
+  const { iat, exp } = claims
+  if (iat !== undefined && (typeof iat !== 'number' || !Number.isFinite(iat))) {
+    throw unauthorized('Token iat claim must be a number of seconds since 1970-01-01T00:00:00Z')
+  }
+  if (iat !== undefined && iat > nowS + rules.clockSkewS) {
+    throw unauthorized(`Token iat claim is in the future (${new Date(iat * 1000).toISOString()}); ` +
+      `tokens issued more than ${rules.clockSkewS} s ahead of this server's clock are refused`)
+  }
+  // exp is a required number (fast-jwt checked it).
+  if (typeof exp !== 'number') return
+  if (iat !== undefined) {
+    if (exp - iat > rules.maxLifetimeS) {
+      throw unauthorized(`Token lifetime (exp - iat) of ${Math.round(exp - iat)} s exceeds the maximum of ${rules.maxLifetimeS} s`)
+    }
+  } else if (exp - nowS > rules.maxLifetimeS + rules.clockSkewS) {
+    throw unauthorized(`Token without iat expires in ${Math.round(exp - nowS)} s, more than the maximum lifetime of ${rules.maxLifetimeS} s`)
+  }
+}
+
 function isAdmin(claims: TokenClaims): boolean {
   return claims.role === 'admin' || (Array.isArray(claims.roles) && claims.roles.includes('admin'))
 }
@@ -155,12 +202,23 @@ async function authPlugin(app: FastifyInstance, options: AuthPluginOptions): Pro
   const secret = config.jwt.publicKey ? { public: config.jwt.publicKey } : config.jwt.secret
   if (!secret) throw new Error('auth: config.jwt has neither a secret nor a public key')
 
+  const { issuer, audience, maxLifetimeS, clockSkewS } = config.jwt
   await app.register(fastifyJwt, {
     secret,
     ...(config.jwt.publicKey ? {} : { sign: { algorithm: 'HS256' as const } }),
-    // Verified tokens are cached (bounded by their exp); failures are never cached.
-    verify: { algorithms, requiredClaims: ['exp'], cache: 10_000 },
+    verify: {
+      algorithms,
+      // fast-jwt skips allowedIss/allowedAud for a token without the claim: require it then.
+      requiredClaims: ['exp', ...(issuer !== undefined ? ['iss'] : []), ...(audience !== undefined ? ['aud'] : [])],
+      ...(issuer !== undefined && { allowedIss: issuer }),
+      ...(audience !== undefined && { allowedAud: audience }),
+      // Milliseconds, for exp and nbf.
+      clockTolerance: clockSkewS * 1000,
+      // Verified tokens are cached (bounded by their exp); failures are never cached.
+      cache: 10_000,
+    },
   })
+  const rules: ClaimRules = { maxLifetimeS, clockSkewS }
 
   const users = new LRUCache<string, { username: string }, { username: string | undefined }>({
     max: options.userCacheSize ?? 100_000,
@@ -196,9 +254,11 @@ async function authPlugin(app: FastifyInstance, options: AuthPluginOptions): Pro
       }
       throw tokenError(err, algorithms, header) ?? err
     }
+    checkTokenTimes(claims, rules)
     if (typeof claims.sub !== 'string' || !isUuid(claims.sub)) {
       throw unauthorized('Token sub claim must be a UUID')
     }
+    if (claims.sub === NIL_UUID) throw unauthorized('Token sub claim must not be the nil UUID')
     const id = claims.sub.toLowerCase()
     const claimed = typeof claims.username === 'string' && USERNAME.test(claims.username.trim())
       ? claims.username.trim()

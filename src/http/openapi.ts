@@ -1,11 +1,16 @@
 /**
  * OpenAPI 3 document generated from the routes' TypeBox schemas, served at /docs/json, with
  * Swagger UI at /docs. Registered before the routes so @fastify/swagger sees every one.
+ * With `docs: false` (DOCS_ENABLED=false) neither is served: /docs and /docs/json are 404.
+ *
+ * The UI routes replace the API's strict Content-Security-Policy with DOCS_CSP, which lets the
+ * page load its own scripts, styles and the document (security-headers.ts).
  */
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import { DOCS_CSP } from './security-headers.ts'
 
 declare module 'fastify' {
   interface FastifySchema {
@@ -27,7 +32,12 @@ function markOptionalBodies(paths: Record<string, Record<string, unknown> | unde
   }
 }
 
-async function openapi(app: FastifyInstance): Promise<void> {
+export interface OpenapiOptions {
+  /** Serve /docs and /docs/json. @default true */
+  docs?: boolean
+}
+
+async function openapi(app: FastifyInstance, options: OpenapiOptions): Promise<void> {
   await app.register(swagger, {
     transformObject(document) {
       if (!('openapiObject' in document)) return document.swaggerObject
@@ -53,7 +63,9 @@ async function openapi(app: FastifyInstance): Promise<void> {
       ],
     },
   })
-  await app.register(swaggerUi, { routePrefix: '/docs' })
+  if (options.docs === false) return
+  // staticCSP: set on every answer of the UI's routes (page, assets, /docs/json), after helmet's.
+  await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: DOCS_CSP })
 }
 
 export default fp(openapi, { fastify: '5.x', name: 'quota-openapi' })

@@ -18,6 +18,15 @@ export interface SignTokenOptions {
    * token (`-1h`). @default '1h'
    */
   expiresIn?: number | string
+  /** The `iss` claim (the service's JWT_ISSUER). @default none */
+  iss?: string
+  /** The `aud` claim (one of the service's JWT_AUDIENCE, or a list). @default none */
+  aud?: string | string[]
+  /**
+   * Issued-at, seconds since the epoch; `exp` counts from it. `null` leaves iat out (exp then
+   * counts from now). @default now
+   */
+  iat?: number | null
   /** Extra or overriding claims (e.g. `{ exp: undefined }` to leave exp out). */
   claims?: Record<string, unknown>
 }
@@ -38,11 +47,14 @@ export function durationSeconds(value: number | string): number {
 /** A compact JWS: base64url(header).base64url(payload).signature, HS256 signed with `secret`. */
 export function signToken(options: SignTokenOptions): string {
   const now = Math.floor(Date.now() / 1000)
+  const issuedAt = options.iat === undefined ? now : options.iat
   const payload: Record<string, unknown> = {
     sub: options.sub,
-    iat: now,
-    exp: now + durationSeconds(options.expiresIn ?? '1h'),
+    ...(issuedAt !== null && { iat: issuedAt }),
+    exp: (issuedAt ?? now) + durationSeconds(options.expiresIn ?? '1h'),
   }
+  if (options.iss !== undefined) payload.iss = options.iss
+  if (options.aud !== undefined) payload.aud = options.aud
   if (options.role !== undefined) payload.role = options.role
   if (options.roles !== undefined) payload.roles = options.roles
   if (options.username !== undefined) payload.username = options.username
