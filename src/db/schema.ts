@@ -1,5 +1,5 @@
 /**
- * The Postgres schema. Table and column names are part of the public contract (DESIGN.md 1.7):
+ * The Postgres schema. Table and column names are part of the public contract (README, Monitoring SQL):
  * operators run the spec's SQL against them. Add columns, never rename.
  */
 import { sql } from 'drizzle-orm'

@@ -1,7 +1,7 @@
 /**
  * Errors raised before Fastify sees a request — by Node's HTTP parser (headers too large,
  * Content-Length with Transfer-Encoding, a duplicate Content-Length, an unknown method) or by its
- * request/headers timeouts — answered with the same envelope as every other error (DESIGN 1.8),
+ * request/headers timeouts — answered with the same envelope as every other error,
  * written on the raw socket with the security headers helmet would have added and a request id.
  * The connection is closed afterwards: after a parse error its byte stream cannot be trusted.
  */

@@ -27,7 +27,7 @@ export interface RedisClientOptions {
   /**
    * Send the commands of one event-loop tick as one pipeline (ioredis enableAutoPipelining).
    * Off by default: the counter store already batches decisions per event-loop turn (see
-   * DecisionBatcher), and ioredis sends its own script commands inside auto-pipelines as full
+   * ScriptBatcher in batcher.ts), and ioredis sends its own script commands inside auto-pipelines as full
    * EVAL bodies (it remembers "script sent" per socket, and a pipeline counts as a new one).
    * @default false
    */

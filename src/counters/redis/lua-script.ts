@@ -42,7 +42,7 @@ export class LuaScript {
     }
   }
 
-  /** Queues a call on a pipeline (the caller handles NOSCRIPT replies, see DecisionBatcher). */
+  /** Queues a call on a pipeline (the caller handles NOSCRIPT replies, see ScriptBatcher). */
   queue(pipeline: ChainableCommander, numKeys: number, keysThenArgs: readonly ScriptArgument[]): void {
     pipeline.evalsha(this.sha, numKeys, ...keysThenArgs)
   }
