@@ -5,6 +5,8 @@
  *   users          userId -> UserState: the storage gauge and its expiry, the user's day states
  *                  (day -> counts and version), idempotency records (key -> stored answer)
  *   dirty marks    one Map per bucket, "<user>:<day>" -> ms of the first unflushed change
+ *   key outbox     one Map per bucket, "<user>:<key>" -> ms stored: idempotent answers the
+ *                  flusher has not copied to the history yet
  *   expiry queue   every day state and idempotency record, and one entry per gauge, by expiry
  *
  * Lifetimes are the Redis store's, and run the way Redis runs them: each is set when the thing is
@@ -22,7 +24,9 @@
  *
  * Lost state: the store starts empty (a process start, or clear()). A decision that needs a
  * user's gauge, or a day state that may have existed before this store's epoch (the first
- * rebuild), asks the loader — the history — once, then decides. A user's decisions stay atomic
+ * rebuild), asks the loader — the history — once, then decides. For 24 h after the epoch, a
+ * decision that would store a new idempotency key first asks the key loader whether the history
+ * kept an answer under it (given before the start), and replays that one if so. A user's decisions stay atomic
  * and in order across that wait: while a load is pending, that user's calls queue behind it; a
  * user whose state is here decides synchronously (the returned promise is already resolved).
  */
@@ -149,12 +153,41 @@ interface DirtyMark {
   since: number
 }
 
+interface OutboxMark {
+  userId: string
+  key: string
+  member: string
+  since: number
+}
+
+/** An idempotent answer as the history keeps it (store.ts's KeptAnswer). */
+export interface KeptAnswerText {
+  /** The Redis store's encoding, so either store replays what the other kept. */
+  answer: string
+  /** When the key is forgotten (ms, store clock): 24 h after its first call. */
+  expiresAt: number
+}
+
+/** An idempotency key whose answer is not in the history yet (store.ts's PendingKey). */
+export interface PendingAnswer {
+  bucket: number
+  userId: string
+  key: string
+  /** Null when the key has expired meanwhile: nothing left to keep. */
+  kept: KeptAnswerText | null
+}
+
 export interface MemoryCounterStoreOptions {
   /**
    * Reads a user-day from the history when this store does not hold it (after a start). Without
    * one, such state counts from 0.
    */
   loader?: SeedLoader
+  /**
+   * Reads an answer the history kept under a user's idempotency key (store.ts's KeyLoader). Asked
+   * only in the first 24 h after the epoch. Without one, such keys count as new.
+   */
+  keyLoader?: (userId: string, key: string) => Promise<KeptAnswerText | undefined>
   /** Most idempotency keys one user holds at once; 0 = no bound. @default 10000 */
   idempotencyKeysPerUser?: number
   /**
@@ -170,14 +203,18 @@ export interface MemoryStoreSize {
   days: number
   idempotencyKeys: number
   dirty: number
+  /** Idempotent answers not yet copied to the history. */
+  pendingKeys: number
   /** Entries in the expiry queue (live ones, and due ones not yet reclaimed). */
   queued: number
 }
 
 /** Marks a call that must wait for the history before it can run. */
 const NEEDS_LOAD: unique symbol = Symbol('needs-load')
-/** One try of a call at the store's time `time`. */
-type Attempt<T> = (time: number) => T | typeof NEEDS_LOAD
+/** Marks a call that must ask the history for its idempotency key's answer before it can run. */
+const NEEDS_KEY: unique symbol = Symbol('needs-key')
+/** One try of a call at the store's time `time`; `keyChecked`: the key loader was asked already. */
+type Attempt<T> = (time: number, keyChecked: boolean) => T | typeof NEEDS_LOAD | typeof NEEDS_KEY
 
 const DAY = /^\d{4}-\d{2}-\d{2}$/
 
@@ -211,9 +248,11 @@ function noop(): void {}
 
 export class MemoryCounterStore implements CounterStore {
   readonly #loader: SeedLoader | undefined
+  readonly #keyLoader: MemoryCounterStoreOptions['keyLoader']
   readonly #keysPerUser: number
   #users = new Map<string, UserState>()
   #dirty: Map<string, DirtyMark>[] = Array.from({ length: BUCKETS }, () => new Map<string, DirtyMark>())
+  #outbox: Map<string, OutboxMark>[] = Array.from({ length: BUCKETS }, () => new Map<string, OutboxMark>())
   #expiry = new ExpiryQueue<Entry>()
   /**
    * When this store first rebuilt state (ms, callers' clock); undefined until then. A missing day
@@ -225,6 +264,7 @@ export class MemoryCounterStore implements CounterStore {
 
   constructor(options: MemoryCounterStoreOptions = {}) {
     this.#loader = options.loader
+    this.#keyLoader = options.keyLoader
     this.#clock = options.clock ?? systemClock
     const keysPerUser = options.idempotencyKeysPerUser ?? DEFAULT_IDEMPOTENCY_KEYS_PER_USER
     if (!Number.isSafeInteger(keysPerUser) || keysPerUser < 0) {
@@ -244,6 +284,7 @@ export class MemoryCounterStore implements CounterStore {
   clear(): void {
     this.#users = new Map()
     this.#dirty = Array.from({ length: BUCKETS }, () => new Map<string, DirtyMark>())
+    this.#outbox = Array.from({ length: BUCKETS }, () => new Map<string, OutboxMark>())
     this.#expiry.clear()
     this.#epoch = undefined
   }
@@ -257,7 +298,9 @@ export class MemoryCounterStore implements CounterStore {
     }
     let dirty = 0
     for (const marks of this.#dirty) dirty += marks.size
-    return { users: this.#users.size, days, idempotencyKeys: keys, dirty, queued: this.#expiry.size }
+    let pendingKeys = 0
+    for (const marks of this.#outbox) pendingKeys += marks.size
+    return { users: this.#users.size, days, idempotencyKeys: keys, dirty, pendingKeys, queued: this.#expiry.size }
   }
 
   decide(request: DecisionRequest): Promise<DecisionAnswer> {
@@ -267,14 +310,15 @@ export class MemoryCounterStore implements CounterStore {
       this.#sweepSome(time)
       const user = this.#users.get(request.userId)
       if (user === undefined || user.tail === undefined) {
-        let answer = this.#decideNow(request, time)
+        let answer = this.#decideNow(request, time, false)
         if (answer === NEEDS_LOAD && this.#loader === undefined) {
           this.#seed(request.userId, request.day, request.now, time, EMPTY_STATE)
-          answer = this.#decideNow(request, time)
+          answer = this.#decideNow(request, time, false)
         }
-        if (answer !== NEEDS_LOAD) return Promise.resolve(answer)
+        if (answer !== NEEDS_LOAD && answer !== NEEDS_KEY) return Promise.resolve(answer)
       }
-      return this.#queue(request.userId, request.day, request.now, (t) => this.#decideNow(request, t))
+      return this.#queue(request.userId, request.day, request.now, (t, keyChecked) => this.#decideNow(request, t, keyChecked),
+        request.idempotency?.key)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -346,6 +390,33 @@ export class MemoryCounterStore implements CounterStore {
         mark.since = readAt
       }
     }
+    return removed
+  }
+
+  async readPendingKeys(maxPerBucket: number): Promise<PendingAnswer[]> {
+    const time = this.#clock.now()
+    const out: PendingAnswer[] = []
+    if (!(maxPerBucket > 0)) return out
+    for (let bucket = 0; bucket < BUCKETS; bucket++) {
+      const marks = this.#outbox[bucket] as Map<string, OutboxMark>
+      if (marks.size === 0) continue
+      const list = [...marks.values()].sort((a, b) => a.since - b.since || (a.member < b.member ? -1 : a.member > b.member ? 1 : 0))
+      const n = Math.min(list.length, maxPerBucket)
+      for (let i = 0; i < n; i++) {
+        const mark = list[i] as OutboxMark
+        const record = this.#users.get(mark.userId)?.keys?.get(mark.key)
+        const live = record !== undefined && record.at > time
+        out.push({ bucket, userId: mark.userId, key: mark.key, kept: live ? { answer: encodeAnswer(record), expiresAt: record.at } : null })
+      }
+    }
+    return out
+  }
+
+  async acknowledgeKeys(bucket: number, keys: readonly { userId: string; key: string }[]): Promise<number> {
+    const marks = this.#outbox[bucket]
+    if (marks === undefined) return 0
+    let removed = 0
+    for (const k of keys) if (marks.delete(`${k.userId}:${k.key}`)) removed++
     return removed
   }
 
@@ -458,7 +529,7 @@ export class MemoryCounterStore implements CounterStore {
   }
 
   /** One decision, synchronously; NEEDS_LOAD when the user's state must come from the history first. */
-  #decideNow(req: DecisionRequest, time: number): DecisionAnswer | typeof NEEDS_LOAD {
+  #decideNow(req: DecisionRequest, time: number, keyChecked: boolean): DecisionAnswer | typeof NEEDS_LOAD | typeof NEEDS_KEY {
     const { mode, now, metrics, idempotency } = req
     const user = this.#users.get(req.userId)
     const storesKey = idempotency !== undefined && (mode === 'consume' || mode === 'increment')
@@ -470,12 +541,6 @@ export class MemoryCounterStore implements CounterStore {
         record = undefined
       }
       if (record !== undefined) return replay(record, idempotency.fingerprint, idempotency.context)
-      if (storesKey && user !== undefined) {
-        const wait = this.#keyRoomWait(user, time)
-        if (wait > 0) {
-          return { outcome: 'too-many-keys', replayed: false, deniedIndex: -1, retryAfterMs: wait, context: idempotency.context, current: [], limits: [] }
-        }
-      }
     }
     if (user === undefined) return NEEDS_LOAD
 
@@ -486,6 +551,16 @@ export class MemoryCounterStore implements CounterStore {
     if (hasStorage || day === undefined) {
       if (!(user.gaugeAt > time)) return NEEDS_LOAD
       if (day === undefined && this.#mayHaveBeenLost(req.day)) return NEEDS_LOAD
+    }
+    if (storesKey) {
+      // In the first 24 h after the epoch a key missing here may have been answered before the
+      // start: the history may keep that answer. Never otherwise.
+      const epoch = this.#epoch
+      if (!keyChecked && this.#keyLoader !== undefined && epoch !== undefined && epoch > req.now - IDEMPOTENCY_TTL_MS) return NEEDS_KEY
+      const wait = this.#keyRoomWait(user, time)
+      if (wait > 0) {
+        return { outcome: 'too-many-keys', replayed: false, deniedIndex: -1, retryAfterMs: wait, context: idempotency.context, current: [], limits: [] }
+      }
     }
 
     const current = new Array<number>(n)
@@ -555,6 +630,10 @@ export class MemoryCounterStore implements CounterStore {
       }
       ;(user.keys ??= new Map()).set(idempotency.key, record)
       this.#expiry.push(record)
+      // For the flusher, which copies the answer to the history: it outlives a restart.
+      const member = `${user.id}:${idempotency.key}`
+      const outbox = this.#outbox[user.bucket] as Map<string, OutboxMark>
+      if (!outbox.has(member)) outbox.set(member, { userId: user.id, key: idempotency.key, member, since: now })
     }
     return { outcome, replayed: false, deniedIndex, context: idempotency?.context, current, limits }
   }
@@ -602,9 +681,9 @@ export class MemoryCounterStore implements CounterStore {
    * Runs `attempt` after the user's calls queued before it, loading from the history whenever it
    * needs to: the user's calls stay in order and each runs whole, across the loader's await.
    */
-  #queue<T>(userId: string, day: string, now: number, attempt: Attempt<T>): Promise<T> {
+  #queue<T>(userId: string, day: string, now: number, attempt: Attempt<T>, key?: string): Promise<T> {
     const user = this.#user(userId)
-    const run = (): Promise<T> => this.#runWithLoads(user, userId, day, now, attempt)
+    const run = (): Promise<T> => this.#runWithLoads(user, userId, day, now, attempt, key)
     const result = user.tail === undefined ? run() : user.tail.then(run)
     const tail = result.then(noop, noop)
     user.tail = tail
@@ -617,10 +696,16 @@ export class MemoryCounterStore implements CounterStore {
     return result
   }
 
-  async #runWithLoads<T>(queued: UserState, userId: string, day: string, now: number, attempt: Attempt<T>): Promise<T> {
+  async #runWithLoads<T>(queued: UserState, userId: string, day: string, now: number, attempt: Attempt<T>, key: string | undefined): Promise<T> {
+    let keyChecked = false
     for (let loads = 0; ; loads++) {
       const time = this.#clock.now()
-      const result = attempt(time)
+      const result = attempt(time, keyChecked)
+      if (result === NEEDS_KEY) {
+        keyChecked = true
+        await this.#restoreKey(userId, key as string, now)
+        continue
+      }
       if (result !== NEEDS_LOAD) return result
       if (queued.loadFailure !== undefined) throw queued.loadFailure
       if (loads >= MAX_LOAD_ATTEMPTS) throw new CounterUnavailableError('counter state could not be rebuilt from the history')
@@ -641,6 +726,36 @@ export class MemoryCounterStore implements CounterStore {
       }
       this.#seed(userId, day, now, this.#clock.now(), state)
     }
+  }
+
+  /** Puts back an answer the history kept under the key, unless one is here (a call stored it meanwhile). */
+  async #restoreKey(userId: string, key: string, now: number): Promise<void> {
+    const loader = this.#keyLoader
+    if (loader === undefined) return
+    let kept: KeptAnswerText | undefined
+    try {
+      kept = await loader(userId, key)
+    } catch (err) {
+      throw err instanceof CounterUnavailableError
+        ? err
+        : new CounterUnavailableError(`an idempotent answer could not be read from the history: ${err instanceof Error ? err.message : String(err)}`, { cause: err })
+    }
+    if (kept === undefined || kept.expiresAt <= now) return
+    let decoded: ReturnType<typeof decodeAnswer>
+    try {
+      decoded = decodeAnswer(kept.answer)
+    } catch {
+      decoded = undefined // not an answer this store can replay: the call counts as new
+    }
+    if (decoded === undefined) return
+    const time = this.#clock.now()
+    const user = this.#user(userId)
+    const held = user.keys?.get(key)
+    if (held !== undefined && held.at > time) return
+    // It lives what it has left, as the history counts it.
+    const record: KeyRecord = { at: time + (kept.expiresAt - now), kind: KEY_KIND, user, key, ...decoded }
+    ;(user.keys ??= new Map()).set(key, record)
+    this.#expiry.push(record)
   }
 
   /** Puts loaded state in place, never over state that exists (it may have been loaded and spent meanwhile). */
@@ -668,6 +783,47 @@ function replay(record: KeyRecord, fingerprint: string, context: AnswerContext):
   return {
     outcome: record.outcome, replayed: true, deniedIndex: record.deniedIndex,
     context: { day: record.context.day, tier: record.context.tier }, current: record.current.slice(), limits: record.limits.slice(),
+  }
+}
+
+/**
+ * An answer as the Redis store stores it — "fingerprint,status,denied,cur..,lim..,context" with
+ * status 1 allowed / 0 denied, denied 1-based (0 none), -1 for an unlimited limit and the context
+ * as JSON — so the history holds one format whichever store wrote it.
+ */
+function encodeAnswer(record: KeyRecord): string {
+  let text = `${record.fingerprint},${record.outcome === 'allowed' ? 1 : 0},${record.deniedIndex + 1}`
+  for (const c of record.current) text += `,${c}`
+  for (const l of record.limits) text += `,${l ?? -1}`
+  return `${text},${JSON.stringify([record.context.day, record.context.tier])}`
+}
+
+const INTEGER = /^-?\d+$/
+
+/** Reads encodeAnswer's text (also a context stored as "<day> <tier>"); undefined when malformed. */
+function decodeAnswer(text: string): Pick<KeyRecord, 'fingerprint' | 'outcome' | 'deniedIndex' | 'current' | 'limits' | 'context'> | undefined {
+  const parts = text.split(',')
+  const numbers: number[] = []
+  let i = 1
+  for (; i < parts.length && INTEGER.test(parts[i] as string); i++) numbers.push(Number(parts[i]))
+  const n = (numbers.length - 2) / 2
+  if (i >= parts.length || !Number.isInteger(n) || n < 1) return undefined
+  const contextText = parts.slice(i).join(',')
+  let context: AnswerContext
+  if (contextText.startsWith('[')) {
+    const [day, tier] = JSON.parse(contextText) as [string, string]
+    context = { day, tier }
+  } else {
+    const space = contextText.indexOf(' ')
+    context = { day: contextText.slice(0, space), tier: contextText.slice(space + 1) }
+  }
+  return {
+    fingerprint: parts[0] as string,
+    outcome: numbers[0] === 1 ? 'allowed' : 'denied',
+    deniedIndex: (numbers[1] as number) - 1,
+    current: numbers.slice(2, 2 + n),
+    limits: numbers.slice(2 + n, 2 + 2 * n).map((l) => (l < 0 ? null : l)),
+    context,
   }
 }
 
