@@ -28,6 +28,8 @@ import { createQuotaEngine } from './engine.ts'
 import type { QuotaEngineOptions } from './engine.ts'
 import quotaPlugin from './http/plugin.ts'
 import adminRoutes from './http/routes/admin.ts'
+import metricsRoute from './http/routes/metrics.ts'
+import { createQuotaMetrics } from './http/metrics.ts'
 import deployRoutes from './http/routes/deploy.ts'
 import usageRoutes from './http/routes/usage.ts'
 
@@ -59,6 +61,12 @@ export interface BuildAppOptions {
   pool?: Pool
   /** Overrides of the engine's options (tests: no scheduler, a shorter flush interval...). */
   quota?: Partial<Omit<QuotaEngineOptions, 'redis' | 'database'>>
+  /**
+   * Prometheus metrics: decisions, flushes, HTTP requests, the process (served at /metrics).
+   * `false` records nothing and serves no /metrics (the benchmarks measure what metrics cost).
+   * @default true
+   */
+  metrics?: boolean
 }
 
 function isLoggerInstance(value: unknown): value is FastifyBaseLogger {
@@ -146,6 +154,8 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   app.decorate('redis', redis)
   app.decorate('clock', options.clock ?? systemClock)
 
+  const metrics = options.metrics === false ? undefined : createQuotaMetrics()
+
   // Registered after the hook above, so it runs before it on close: the final flush still has
   // its connections.
   const engine = await createQuotaEngine({
@@ -160,12 +170,17 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     idempotencyKeysPerUser: config.idempotencyKeysPerUser,
     clock: app.clock,
     logger: app.log,
+    ...(metrics ? { telemetry: metrics.telemetry } : {}),
     ...options.quota,
   }).catch(async (err: unknown) => {
     await app.close()
     throw err
   })
   app.addHook('onClose', () => engine.close())
+  if (metrics) {
+    metrics.bindEngine(engine)
+    metrics.instrument(app)
+  }
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id)
@@ -200,6 +215,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   await app.register(auth, { config, provisionUser: (id, username) => engine.limits.provisionUser(id, username) })
   await app.register(openapi, { docs: config.docs })
   await app.register(healthRoutes, { pingCounters: () => engine.store.ping(), pool })
+  if (metrics) await app.register(metricsRoute, { registry: metrics.registry })
 
   // ---- usage plugin and routes are registered here ----
   await app.register(quotaPlugin, { engine })

@@ -20,6 +20,11 @@ import { LeaderLock } from './persistence/leader.ts'
 import { Scheduler } from './persistence/scheduler.ts'
 import { AdminService } from './usage/admin.ts'
 import { UsageService } from './usage/service.ts'
+import { noTelemetry } from './telemetry.ts'
+import type { Telemetry } from './telemetry.ts'
+
+export type { DecisionOutcome, Telemetry } from './telemetry.ts'
+export { noTelemetry } from './telemetry.ts'
 
 export type EngineLogger = Pick<Logger, 'info' | 'warn' | 'error' | 'debug'>
 
@@ -53,6 +58,11 @@ export interface QuotaEngineOptions {
   /** Most idempotency keys one user holds at once (IDEMPOTENCY_KEYS_PER_USER). @default 10000 */
   idempotencyKeysPerUser?: number
   logger?: EngineLogger
+  /**
+   * Where decisions, batches, timeouts and flushed rows are counted (http/metrics.ts has the
+   * Prometheus one). @default noTelemetry
+   */
+  telemetry?: Telemetry
 }
 
 export interface QuotaEngine {
@@ -89,6 +99,7 @@ function connectionString(database: Pool | string, databaseUrl: string | undefin
 export async function createQuotaEngine(options: QuotaEngineOptions): Promise<QuotaEngine> {
   const clock = options.clock ?? systemClock
   const logger = options.logger
+  const telemetry = options.telemetry ?? noTelemetry
   const databaseUrl = connectionString(options.database, options.databaseUrl)
   const ownsPool = typeof options.database === 'string'
   const pool = typeof options.database === 'string' ? createPool(options.database, { logger }) : options.database
@@ -100,15 +111,17 @@ export async function createQuotaEngine(options: QuotaEngineOptions): Promise<Qu
     commandTimeoutMs: options.commandTimeoutMs ?? 250,
     bulkCommandTimeoutMs: FLUSH_COMMAND_TIMEOUT_MS,
     idempotencyKeysPerUser: options.idempotencyKeysPerUser,
+    telemetry,
   })
   const limits = new LimitsCache({ pool, databaseUrl, defaultTier: options.defaultTier ?? 'free', logger })
-  const flusher = new Flusher({ store, pool, clock, intervalMs: options.flushIntervalMs ?? 1000, logger })
+  const flusher = new Flusher({ store, pool, clock, intervalMs: options.flushIntervalMs ?? 1000, logger, telemetry })
   const leader = options.scheduler === false ? undefined : new LeaderLock({ databaseUrl, logger })
   const scheduler = leader
     ? new Scheduler({ pool, flusher, clock, isLeader: () => leader.isLeader, logger })
     : undefined
   const usage = new UsageService({
     store, limits, clock, logger, failMode: options.failMode ?? 'closed', denyCacheMs: options.denyCacheMs,
+    telemetry,
   })
   const admin = new AdminService({ pool, store, limits, usage, clock, flushAll: () => flusher.flushAll(), logger })
   const flushing = options.flush !== false

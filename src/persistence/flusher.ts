@@ -41,6 +41,13 @@ export interface FlusherOptions {
   logger?: Pick<Logger, 'info' | 'warn' | 'error' | 'debug'>
   /** The clock the counter scripts stamp dirty marks with (for lag). @default the system clock */
   clock?: Clock
+  /** Told how many rows each written batch put in daily_usage (the engine passes its Telemetry). */
+  telemetry?: FlushTelemetry
+}
+
+/** The call the flusher makes to the telemetry seam. */
+export interface FlushTelemetry {
+  flushRows(rows: number): void
 }
 
 export interface FlushStats {
@@ -101,7 +108,7 @@ function byKey(a: DirtyUserDay, b: DirtyUserDay): number {
 }
 
 export class Flusher {
-  readonly #options: Required<Omit<FlusherOptions, 'logger' | 'clock'>> & Pick<FlusherOptions, 'logger' | 'clock'>
+  readonly #options: Required<Omit<FlusherOptions, 'logger' | 'clock' | 'telemetry'>> & Pick<FlusherOptions, 'logger' | 'clock' | 'telemetry'>
   readonly stats: FlushStats = { rowsWritten: 0, passes: 0, lastSuccessAt: null, lastError: null, consecutiveFailures: 0 }
   #timer: NodeJS.Timeout | undefined
   #running = false
@@ -255,6 +262,7 @@ export class Flusher {
         const n = result.written
         written += n
         this.stats.rowsWritten += n
+        this.#options.telemetry?.flushRows(n)
         const removed = await this.#ack(done, readAt)
         acked += removed
       }

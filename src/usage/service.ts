@@ -34,16 +34,29 @@ export interface UsageServiceOptions {
   logger?: Pick<Logger, 'warn' | 'error'>
   /** Answer repeated denials of daily limits from memory for up to this long (0 = off). @default 1000 */
   denyCacheMs?: number
+  /** Where decisions, fail-open admissions and deny-cache hits are counted (telemetry.ts). @default none */
+  telemetry?: UsageTelemetry
 }
+
+/** The calls this service makes to the telemetry seam (the engine passes its Telemetry). */
+export interface UsageTelemetry {
+  decision(metrics: readonly string[], outcome: 'allowed' | 'denied' | 'error', seconds: number): void
+  failOpen(): void
+  denyCacheHit(metric: string): void
+}
+
+const NO_TELEMETRY: UsageTelemetry = { decision() {}, failOpen() {}, denyCacheHit() {} }
 
 type SpendMode = 'consume' | 'increment'
 
 export class UsageService {
   readonly #options: UsageServiceOptions
   readonly #denials: DenyCache | undefined
+  readonly #telemetry: UsageTelemetry
 
   constructor(options: UsageServiceOptions) {
     this.#options = options
+    this.#telemetry = options.telemetry ?? NO_TELEMETRY
     const denyMs = options.denyCacheMs ?? 1000
     this.#denials = denyMs > 0 ? new DenyCache({ ttlMs: denyMs }) : undefined
     if (this.#denials) {
@@ -204,6 +217,7 @@ export class UsageService {
     const amount = prepared.micro[0] ?? 0
     const denial = this.#denials.check(userId, day, metric, amount, tier, limits[metric])
     if (!denial) return undefined
+    this.#telemetry.denyCacheHit(metric)
     if (denial.answer?.amount === amount) return denial.answer.result
     const result: ConsumeResult = Object.freeze({
       allowed: false,
@@ -230,11 +244,16 @@ export class UsageService {
     const idempotency = idempotencyKey === undefined
       ? undefined
       : { key: idempotencyKey, fingerprint: fingerprint(mode, prepared), context: { day, tier } }
+    const started = performance.now()
     try {
-      return await this.#options.store.decide({ mode, userId, day, now, metrics, idempotency })
+      const answer = await this.#options.store.decide({ mode, userId, day, now, metrics, idempotency })
+      this.#telemetry.decision(prepared.metrics, answer.outcome === 'allowed' ? 'allowed' : 'denied', (performance.now() - started) / 1000)
+      return answer
     } catch (err) {
+      this.#telemetry.decision(prepared.metrics, 'error', (performance.now() - started) / 1000)
       const error = unavailable(err)
       if (this.#options.failMode === 'open') {
+        this.#telemetry.failOpen()
         this.#options.logger?.warn({ err: error.message, userId, mode }, 'usage decision allowed without redis (USAGE_FAIL_MODE=open)')
         return null
       }

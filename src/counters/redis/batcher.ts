@@ -26,6 +26,19 @@ export interface BatchCodec<Item, Answer> {
  */
 export const MAX_ITEMS_PER_CALL = 16
 
+/** What the batcher reports (telemetry): the size of each call, and commands that timed out. */
+export interface BatchHooks {
+  /** One script call sent with `size` items. */
+  batch?(size: number): void
+  /** A call failed because the client's command timeout ran out. */
+  commandTimeout?(): void
+}
+
+/** ioredis' message when `commandTimeout` runs out. */
+function isCommandTimeout(err: unknown): boolean {
+  return err instanceof Error && err.message === 'Command timed out'
+}
+
 interface Queued<Item, Answer> {
   item: Item
   resolve: (answer: Answer) => void
@@ -46,6 +59,7 @@ export class ScriptBatcher<Item, Answer> {
     private readonly redis: Redis,
     private readonly codec: BatchCodec<Item, Answer>,
     private readonly maxPerCall = MAX_ITEMS_PER_CALL,
+    private readonly hooks: BatchHooks = {},
   ) {}
 
   submit(bucket: number, item: Item): Promise<Answer> {
@@ -89,6 +103,8 @@ export class ScriptBatcher<Item, Answer> {
 
   async #send(calls: Call<Item, Answer>[], loadOnMissing: boolean): Promise<void> {
     const { script } = this.codec
+    const { hooks } = this
+    if (hooks.batch) for (const call of calls) hooks.batch(call.queued.length)
     let replies: [Error | null, unknown][]
     try {
       if (calls.length === 1) {
@@ -103,6 +119,7 @@ export class ScriptBatcher<Item, Answer> {
         replies = ((await pipeline.exec()) ?? []) as [Error | null, unknown][]
       }
     } catch (err) {
+      if (isCommandTimeout(err)) hooks.commandTimeout?.()
       for (const call of calls) rejectAll(call.queued, classify(err))
       return
     }
@@ -114,6 +131,7 @@ export class ScriptBatcher<Item, Answer> {
         if (loadOnMissing) missing.push(call)
         else rejectAll(call.queued, new CounterUnavailableError(`redis unavailable: ${err.message}`, { cause: err }))
       } else if (err) {
+        if (isCommandTimeout(err)) hooks.commandTimeout?.()
         rejectAll(call.queued, classify(err))
       } else {
         this.#settle(call, reply)

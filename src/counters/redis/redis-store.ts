@@ -18,7 +18,7 @@ import { CounterUnavailableError } from '../errors.ts'
 import type {
   CounterStore, DecisionAnswer, DecisionRequest, DirtyUserDay, MetricCounts, SeedLoader, SeedState, WrittenUserDay,
 } from '../store.ts'
-import { ScriptBatcher } from './batcher.ts'
+import { MAX_ITEMS_PER_CALL, ScriptBatcher } from './batcher.ts'
 import type { BatchCodec } from './batcher.ts'
 import { ServerClock } from './client.ts'
 import { dayKeyTtlSeconds, decodeReply, encodeCall, encodeDecision } from './decide-protocol.ts'
@@ -77,6 +77,14 @@ export interface RedisCounterStoreOptions {
    * @default 10000
    */
   idempotencyKeysPerUser?: number
+  /** Told the size of each decide.lua call and each decision timeout (the engine passes its Telemetry). */
+  telemetry?: StoreTelemetry
+}
+
+/** The calls this store makes to the telemetry seam. */
+export interface StoreTelemetry {
+  batch(size: number): void
+  commandTimeout(): void
 }
 
 /** Default of RedisCounterStoreOptions.idempotencyKeysPerUser. */
@@ -103,6 +111,7 @@ export class RedisCounterStore implements CounterStore {
   readonly #deadline: (() => number) | undefined
   readonly #bulkCommandTimeoutMs: number | undefined
   readonly #keysPerUser: number
+  readonly #telemetry: StoreTelemetry | undefined
   /** The flusher's connection: the decision one until start() opens its own. */
   #bulk: Redis
 
@@ -125,7 +134,11 @@ export class RedisCounterStore implements CounterStore {
       encode: (bucket, decisions) => encodeCall(keys, bucket, decisions),
       decode: (reply, decisions) => decodeReply(reply as (number | string)[], decisions),
     }
-    this.#batcher = new ScriptBatcher(redis, codec)
+    const telemetry = options.telemetry
+    this.#telemetry = telemetry
+    this.#batcher = new ScriptBatcher(redis, codec, MAX_ITEMS_PER_CALL, telemetry
+      ? { batch: (size) => telemetry.batch(size), commandTimeout: () => telemetry.commandTimeout() }
+      : {})
     const timeout = options.commandTimeoutMs
     if (timeout !== undefined) {
       const serverClock = new ServerClock(redis)
@@ -168,6 +181,7 @@ export class RedisCounterStore implements CounterStore {
           await this.#seed(request.userId, request.day, request.now)
           continue
         case 'deadline-passed':
+          this.#telemetry?.commandTimeout()
           throw new CounterUnavailableError('decision deadline passed before redis ran it')
         default:
           return {
