@@ -26,9 +26,10 @@
  * user's gauge, or a day state that may have existed before this store's epoch (the first
  * rebuild), asks the loader — the history — once, then decides. For 24 h after the epoch, a
  * decision that would store a new idempotency key first asks the key loader whether the history
- * kept an answer under it (given before the start), and replays that one if so. A user's decisions stay atomic
- * and in order across that wait: while a load is pending, that user's calls queue behind it; a
- * user whose state is here decides synchronously (the returned promise is already resolved).
+ * kept an answer under it (given before the start), and replays that one if so. A user's
+ * decisions stay atomic and in order across those waits: while one is pending, that user's calls
+ * queue behind it; a user whose state is here decides synchronously (the returned promise is
+ * already resolved).
  */
 import { DAY_MS, startOfUtcDay, systemClock } from '../../clock.ts'
 import type { Clock } from '../../clock.ts'
