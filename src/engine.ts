@@ -14,6 +14,7 @@ import { warnAboutRedisDurability } from './counters/redis/settings-check.ts'
 import { createPool } from './db/client.ts'
 import type { Pool } from './db/client.ts'
 import { loadRecordedUserDay } from './db/daily-usage.ts'
+import { readIdempotencyRecord } from './db/idempotency-records.ts'
 import { LimitsCache } from './limits/limits-cache.ts'
 import { Flusher } from './persistence/flusher.ts'
 import { LeaderLock } from './persistence/leader.ts'
@@ -108,6 +109,7 @@ export async function createQuotaEngine(options: QuotaEngineOptions): Promise<Qu
     prefix: options.prefix ?? 'quota:',
     loader: (userId, day) => loadRecordedUserDay(pool, userId, day,
       (detail) => logger?.warn(detail, 'daily_usage holds a value no counter can: rebuilt with the nearest one')),
+    keyLoader: (userId, key) => readIdempotencyRecord(pool, userId, key),
     commandTimeoutMs: options.commandTimeoutMs ?? 250,
     bulkCommandTimeoutMs: FLUSH_COMMAND_TIMEOUT_MS,
     idempotencyKeysPerUser: options.idempotencyKeysPerUser,

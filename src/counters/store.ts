@@ -107,6 +107,29 @@ export interface DirtyUserDay {
   state: { counts: MetricCounts; version: number } | null
 }
 
+/**
+ * An idempotent answer as the store keeps it, to be kept by the history too: after the store
+ * loses its state, a retried call with the same key must still replay it, not count again.
+ * `answer` is the store's own encoding, opaque to everyone else.
+ */
+export interface KeptAnswer {
+  answer: string
+  /** When the key is forgotten (ms): 24 h after its first call. */
+  expiresAt: number
+}
+
+/** An idempotency key whose answer is not yet in the history. */
+export interface PendingKey {
+  bucket: number
+  userId: string
+  key: string
+  /** Null when the key has expired meanwhile: nothing left to keep. */
+  kept: KeptAnswer | null
+}
+
+/** Reads a kept answer from the history; the store asks only after it lost state recently. */
+export type KeyLoader = (userId: string, key: string) => Promise<KeptAnswer | undefined>
+
 /** A user-day written to the history at `version`. */
 export interface WrittenUserDay {
   userId: string
@@ -129,6 +152,14 @@ export interface CounterStore {
    * `version`: those stay, marked dirty since `readAt`. Returns how many were taken off.
    */
   acknowledge(bucket: number, written: readonly WrittenUserDay[], readAt?: number): Promise<number>
+  /**
+   * Up to `maxPerBucket` idempotency keys per bucket whose answers are not in the history yet.
+   * The flusher writes them before the user-days it read just before: a count in the history
+   * never goes without the answer that counted it.
+   */
+  readPendingKeys(maxPerBucket: number): Promise<PendingKey[]>
+  /** Marks keys of one bucket as kept by the history. Returns how many were marked. */
+  acknowledgeKeys(bucket: number, keys: readonly { userId: string; key: string }[]): Promise<number>
   /** Time (ms) of the oldest unwritten change, or null when everything is written. */
   oldestDirty(): Promise<number | null>
   /** Dirty user-days per bucket. */

@@ -103,3 +103,23 @@ export const adminAudit = pgTable(
     index('admin_audit_actor_at_idx').on(t.actor, t.at),
   ],
 )
+
+/**
+ * Idempotent answers copied from the counter store by the flusher, so a retried call still
+ * replays its first answer after Redis lost its data (restart without persistence, failover).
+ * Read only after such a loss; rows past `expires_at` are deleted by the midnight job.
+ */
+export const idempotencyRecords = pgTable(
+  'idempotency_records',
+  {
+    userId: uuid('user_id').notNull(),
+    key: text('key').notNull(),
+    // The store's own encoding of the answer (opaque here).
+    answer: text('answer').notNull(),
+    expiresAt: timestamp('expires_at', { withTimezone: true, mode: 'string' }).notNull(),
+  },
+  (t) => [
+    primaryKey({ name: 'idempotency_records_pkey', columns: [t.userId, t.key] }),
+    index('idempotency_records_expires_at_idx').on(t.expiresAt),
+  ],
+)

@@ -20,6 +20,8 @@ import type { Pool } from '../db/client.ts'
 import { systemClock } from '../clock.ts'
 import type { Clock } from '../clock.ts'
 import { writeTotals } from '../db/daily-usage.ts'
+import { writeIdempotencyRecords } from '../db/idempotency-records.ts'
+import type { IdempotencyRecord } from '../db/idempotency-records.ts'
 import type { DayTotals, WriteResult } from '../db/daily-usage.ts'
 import { CounterUnavailableError } from '../counters/store.ts'
 import type { CounterStore, DirtyUserDay, WrittenUserDay } from '../counters/store.ts'
@@ -53,6 +55,8 @@ export interface FlushTelemetry {
 export interface FlushStats {
   /** Rows written to daily_usage since start. */
   rowsWritten: number
+  /** Idempotent answers copied to idempotency_records since start. */
+  answersKept: number
   passes: number
   lastSuccessAt: number | null
   lastError: string | null
@@ -109,7 +113,7 @@ function byKey(a: DirtyUserDay, b: DirtyUserDay): number {
 
 export class Flusher {
   readonly #options: Required<Omit<FlusherOptions, 'logger' | 'clock' | 'telemetry'>> & Pick<FlusherOptions, 'logger' | 'clock' | 'telemetry'>
-  readonly stats: FlushStats = { rowsWritten: 0, passes: 0, lastSuccessAt: null, lastError: null, consecutiveFailures: 0 }
+  readonly stats: FlushStats = { rowsWritten: 0, answersKept: 0, passes: 0, lastSuccessAt: null, lastError: null, consecutiveFailures: 0 }
   #timer: NodeJS.Timeout | undefined
   #running = false
   #stopped = true
@@ -125,6 +129,8 @@ export class Flusher {
   readonly #rejected = new Set<string>()
   /** Whether the last pass left some bucket with more to read. */
   #lastPassFull = false
+  /** Idempotent answers the last pass found pending (0: the outbox is empty). */
+  #lastPassKeys = 0
 
   constructor(options: FlusherOptions) {
     this.#options = {
@@ -179,9 +185,27 @@ export class Flusher {
       total.read += r.read
       total.written += r.written
       total.acked += r.acked
-      if (r.read === 0 || r.acked === 0) break
+      if ((r.read === 0 || r.acked === 0) && this.#lastPassKeys === 0) break
     }
     return total
+  }
+
+  /** Copies pending idempotent answers to Postgres, then marks them kept. Returns how many were pending. */
+  async #keepAnswers(maxPerBucket: number): Promise<number> {
+    const pending = await this.#options.store.readPendingKeys(maxPerBucket)
+    if (pending.length === 0) return 0
+    const records: IdempotencyRecord[] = []
+    const byBucket = new Map<number, { userId: string; key: string }[]>()
+    for (const p of pending) {
+      if (p.kept) records.push({ userId: p.userId, key: p.key, answer: p.kept.answer, expiresAt: p.kept.expiresAt })
+      const list = byBucket.get(p.bucket) ?? []
+      list.push({ userId: p.userId, key: p.key })
+      byBucket.set(p.bucket, list)
+    }
+    await writeIdempotencyRecords(this.#options.pool, records)
+    await mapLimited([...byBucket], ACKS_IN_FLIGHT, ([bucket, keys]) => this.#options.store.acknowledgeKeys(bucket, keys))
+    this.stats.answersKept += records.length
+    return pending.length
   }
 
   /** Age (ms) of the oldest change not yet in Postgres; 0 when all is flushed. */
@@ -226,6 +250,10 @@ export class Flusher {
   async #pass(shape: PassShape): Promise<PassResult> {
     const readAt = (this.#options.clock ?? systemClock).now()
     const entries = await this.#read(shape.perBucket ?? this.#options.perBucket)
+    // Read after the user-days: every idempotent answer that counted in what was just read is in
+    // the outbox by now, and is in Postgres before those counts are. A count in daily_usage then
+    // never goes without the answer a retry after a Redis loss must replay.
+    this.#lastPassKeys = await this.#keepAnswers(shape.perBucket ?? this.#options.perBucket)
     if (entries.length === 0) return { read: 0, written: 0, acked: 0 }
     entries.sort(byKey)
     const batchSize = shape.batchSize ?? this.#options.batchSize

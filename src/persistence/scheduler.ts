@@ -16,6 +16,7 @@ import type { Clock } from '../clock.ts'
 import { DAY_MS, startOfUtcDay, previousDay, utcDay } from '../clock.ts'
 import type { Pool } from '../db/client.ts'
 import { carryStorageForward, countUsersOfDay } from '../db/daily-usage.ts'
+import { deleteExpiredIdempotencyRecords } from '../db/idempotency-records.ts'
 import { hasRun, recordRun } from '../db/scheduler-runs.ts'
 import { PACED } from './flusher.ts'
 import type { Flusher } from './flusher.ts'
@@ -101,6 +102,8 @@ export class Scheduler {
     // The gauge carries over: the new day starts with the closed day's storage.
     const storageCarried = await carryStorageForward(pool, day, utcDay(startOfUtcDay(day) + DAY_MS))
     const users = await countUsersOfDay(pool, day)
+    // Copies of idempotent answers past their 24 h are of no use any more.
+    await deleteExpiredIdempotencyRecords(pool)
     if (!(await recordRun(pool, MIDNIGHT_JOB, day, { users, storageCarried }))) return { day, ran: false, users, storageCarried }
     this.#options.logger?.info({ day, users, storageCarried }, `daily reset: ${day} closed, ${users} users`)
     return { day, ran: true, users, storageCarried }

@@ -14,7 +14,7 @@ import { cleanEnv, withoutTapHooks } from '../helpers/net.ts'
 import { REPO_ROOT } from '../helpers/service-process.ts'
 
 const run = promisify(execFile)
-const TAGS = ['0000_init', '0001_utc_tiers_notify', '0002_widen_daily_counts', '0003_admin_audit']
+const TAGS = ['0000_init', '0001_utc_tiers_notify', '0002_widen_daily_counts', '0003_admin_audit', '0004_idempotency_records']
 
 /** Runs `fn` on a fresh plain connection (no session options): what an operator's psql sees. */
 async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
@@ -161,18 +161,33 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
     await t.rejects(db.pool.query(`INSERT INTO admin_audit (action, outcome) VALUES ('set-tier', 'maybe')`), { code: '23514' }, 'unknown outcome refused')
   })
 
+  t.test('the idempotency_records table exists, keyed by user and key', async (t) => {
+    const columns = (full.columns as Array<{ table_name: string; column_name: string; data_type: string; is_nullable: string }>)
+      .filter((c) => c.table_name === 'idempotency_records')
+      .map((c) => `${c.column_name} ${c.data_type}${c.is_nullable === 'NO' ? ' not null' : ''}`)
+    t.same(columns, ['user_id uuid not null', 'key text not null', 'answer text not null', 'expires_at timestamp with time zone not null'])
+  })
+
   let before0001: Awaited<ReturnType<typeof schemaDump>> | undefined
-  t.test('first rollback reverts 0003 only: no admin_audit', async (t) => {
+  t.test('first rollback reverts 0004 only: no idempotency_records', async (t) => {
+    t.equal(await rollback(db.url), '0004_idempotency_records')
+    t.same(await statusLines(db.url), [...TAGS.slice(0, 4).map((tag) => `${tag}: applied`), '0004_idempotency_records: pending'])
+    const dump = await schemaDump(db.url)
+    t.notOk((dump.columns as Array<{ table_name: string }>).some((c) => c.table_name === 'idempotency_records'), 'table dropped')
+    t.ok((dump.columns as Array<{ table_name: string }>).some((c) => c.table_name === 'admin_audit'), 'admin_audit kept')
+  })
+
+  t.test('next rollback reverts 0003 only: no admin_audit', async (t) => {
     t.equal(await rollback(db.url), '0003_admin_audit')
-    t.same(await statusLines(db.url), [...TAGS.slice(0, 3).map((tag) => `${tag}: applied`), '0003_admin_audit: pending'])
+    t.same(await statusLines(db.url), [...TAGS.slice(0, 3).map((tag) => `${tag}: applied`), '0003_admin_audit: pending', '0004_idempotency_records: pending'])
     const dump = await schemaDump(db.url)
     t.notOk((dump.columns as Array<{ table_name: string }>).some((c) => c.table_name === 'admin_audit'), 'table dropped')
     t.same(dump.tiers, full.tiers, 'tiers untouched')
   })
 
-  t.test('second rollback reverts 0002 only: the daily counts are int again', async (t) => {
+  t.test('then 0002 only: the daily counts are int again', async (t) => {
     t.equal(await rollback(db.url), '0002_widen_daily_counts')
-    t.same(await statusLines(db.url), ['0000_init: applied', '0001_utc_tiers_notify: applied', '0002_widen_daily_counts: pending', '0003_admin_audit: pending'])
+    t.same(await statusLines(db.url), ['0000_init: applied', '0001_utc_tiers_notify: applied', '0002_widen_daily_counts: pending', '0003_admin_audit: pending', '0004_idempotency_records: pending'])
     const types = await db.pool.query(
       `SELECT column_name, data_type FROM information_schema.columns
         WHERE table_name = 'daily_usage' AND column_name IN ('deployments_created', 'api_calls') ORDER BY column_name`,
@@ -182,9 +197,9 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
     t.same(before0001.tiers, full.tiers, 'tiers untouched')
   })
 
-  t.test('third rollback reverts 0001 only', async (t) => {
+  t.test('then 0001 only', async (t) => {
     t.equal(await rollback(db.url), '0001_utc_tiers_notify')
-    t.same(await statusLines(db.url), ['0000_init: applied', '0001_utc_tiers_notify: pending', '0002_widen_daily_counts: pending', '0003_admin_audit: pending'])
+    t.same(await statusLines(db.url), ['0000_init: applied', '0001_utc_tiers_notify: pending', '0002_widen_daily_counts: pending', '0003_admin_audit: pending', '0004_idempotency_records: pending'])
     const dump = await schemaDump(db.url)
     t.same(dump.settings, [], 'timezone setting reset')
     t.same(dump.triggers, [], 'triggers dropped')
@@ -205,11 +220,12 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
       'pending  0001_utc_tiers_notify',
       'pending  0002_widen_daily_counts',
       'pending  0003_admin_audit',
-      'current: 0000_init; 3 pending',
+      'pending  0004_idempotency_records',
+      'current: 0000_init; 4 pending',
     ])
   })
 
-  t.test('fourth rollback reverts 0000; a fifth has nothing to do', async (t) => {
+  t.test('then 0000; one more has nothing to do', async (t) => {
     t.equal(await rollback(db.url), '0000_init')
     t.same(await statusLines(db.url), TAGS.map((tag) => `${tag}: pending`))
     const dump = await schemaDump(db.url)

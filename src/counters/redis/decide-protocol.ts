@@ -17,7 +17,9 @@ export const IDEMPOTENCY_TTL_S = 86_400
 const DAY_KEY_LIFETIME_MS = 3 * 86_400_000
 
 /** Status codes of decide.lua's reply (its header names the same numbers). */
-const STATUS = { denied: 0, allowed: 1, needsSeed: 2, deadlinePassed: 3, keyReused: 4, tooLarge: 5, tooManyKeys: 6 } as const
+const STATUS = {
+  denied: 0, allowed: 1, needsSeed: 2, deadlinePassed: 3, keyReused: 4, tooLarge: 5, tooManyKeys: 6, needsKeyLookup: 7,
+} as const
 /** Added to the status of an answer replayed from an idempotency key. */
 const REPLAYED = 10
 
@@ -46,7 +48,7 @@ export interface EncodedDecision {
 }
 
 export type ScriptStatus =
-  | 'allowed' | 'denied' | 'needs-seed' | 'deadline-passed' | 'key-reused' | 'too-large' | 'too-many-keys'
+  | 'allowed' | 'denied' | 'needs-seed' | 'deadline-passed' | 'key-reused' | 'too-large' | 'too-many-keys' | 'needs-key-lookup'
 
 /** One decision's part of a reply. */
 export interface ScriptAnswer {
@@ -82,6 +84,8 @@ export function decodeContext(text: string): AnswerContext {
  */
 export function encodeDecision(
   request: DecisionRequest, keySpace: KeySpace, deadline: (() => number) | undefined, idempotencyKeysPerUser = 0,
+  /** The key was looked up in Postgres already (after status needs-key-lookup): do not ask again. */
+  keyChecked = false,
 ): EncodedDecision {
   const { userId, day, now, idempotency } = request
   const bucket = bucketOf(userId)
@@ -94,7 +98,7 @@ export function encodeDecision(
   // that came from outside.
   let body = `"${request.mode}","${now}",${startOfUtcDay(day)},"${dayKeyTtlSeconds(day, now)}",`
     + `${JSON.stringify(dirtyMember(userId, day))},"${IDEMPOTENCY_TTL_S}",${idempotencyKeysPerUser},"${GAUGE_TTL_S}",`
-    + `${request.metrics.length}`
+    + `${keyChecked ? 1 : 0},${request.metrics.length}`
   for (const m of request.metrics) body += `,"${FIELD[m.metric]}",${m.amount},${m.limit ?? -1}`
   return {
     bucket,
@@ -111,7 +115,7 @@ export function encodeDecision(
 export function encodeCall(
   keySpace: KeySpace, bucket: number, decisions: readonly EncodedDecision[],
 ): { numKeys: number; keysThenArgs: ScriptArgument[] } {
-  const keysThenArgs: ScriptArgument[] = [keySpace.dirty(bucket), keySpace.epoch(bucket)]
+  const keysThenArgs: ScriptArgument[] = [keySpace.dirty(bucket), keySpace.epoch(bucket), keySpace.keyOutbox(bucket)]
   for (const d of decisions) for (const key of d.keys) keysThenArgs.push(key)
   const numKeys = keysThenArgs.length
   keysThenArgs.push(decisions.length)
@@ -131,6 +135,7 @@ function statusName(code: number): ScriptStatus {
     case STATUS.keyReused: return 'key-reused'
     case STATUS.tooLarge: return 'too-large'
     case STATUS.tooManyKeys: return 'too-many-keys'
+    case STATUS.needsKeyLookup: return 'needs-key-lookup'
     default: throw new Error(`decide.lua returned an unknown status ${code}`)
   }
 }

@@ -8,6 +8,8 @@
  *   <prefix>{<b>}:i:<user>:<key>         string  stored result of an idempotent call; 24 h
  *   <prefix>{<b>}:ik:<user>              zset    the user's live idempotency keys -> ms each expires
  *   <prefix>{<b>}:dirty                  zset    "<user>:<day>" -> ms of the first unflushed change
+ *   <prefix>{<b>}:ipend                  zset    "<user>:<key>" -> ms stored: idempotent answers the
+ *                                                flusher has not copied to Postgres yet
  *   <prefix>{<b>}:epoch                  string  ms when this bucket's state was (re)built in this Redis
  */
 
@@ -71,6 +73,11 @@ export class KeySpace {
     return `${this.tag(bucket)}:ik:${userId}`
   }
 
+  /** The bucket's outbox of idempotent answers not yet copied to Postgres. */
+  keyOutbox(bucket: number): string {
+    return `${this.tag(bucket)}:ipend`
+  }
+
   dirty(bucket: number): string {
     return `${this.tag(bucket)}:dirty`
   }
@@ -88,4 +95,13 @@ export function dirtyMember(userId: string, day: string): string {
 export function parseDirtyMember(member: string): { userId: string; day: string } {
   const at = member.lastIndexOf(':')
   return { userId: member.slice(0, at), day: member.slice(at + 1) }
+}
+
+/** Outbox member of a user's idempotency key. UUIDs are 36 characters: the split is unambiguous. */
+export function outboxMember(userId: string, key: string): string {
+  return `${userId}:${key}`
+}
+
+export function parseOutboxMember(member: string): { userId: string; key: string } {
+  return { userId: member.slice(0, 36), key: member.slice(37) }
 }

@@ -16,7 +16,8 @@ import { MAX_TOTAL_MICRO, METRIC_NAMES } from '../../metrics.ts'
 import type { MetricName } from '../../metrics.ts'
 import { CounterUnavailableError } from '../errors.ts'
 import type {
-  CounterStore, DecisionAnswer, DecisionRequest, DirtyUserDay, MetricCounts, SeedLoader, SeedState, WrittenUserDay,
+  CounterStore, DecisionAnswer, DecisionRequest, DirtyUserDay, KeyLoader, MetricCounts, PendingKey, SeedLoader, SeedState,
+  WrittenUserDay,
 } from '../store.ts'
 import { MAX_ITEMS_PER_CALL, ScriptBatcher } from './batcher.ts'
 import type { BatchCodec } from './batcher.ts'
@@ -24,7 +25,9 @@ import { ServerClock } from './client.ts'
 import { dayKeyTtlSeconds, decodeReply, encodeCall, encodeDecision } from './decide-protocol.ts'
 import type { EncodedDecision, ScriptAnswer } from './decide-protocol.ts'
 import { classify } from './errors.ts'
-import { BUCKETS, FIELD, GAUGE_TTL_S, KeySpace, bucketOf, dirtyMember, parseDirtyMember } from './keys.ts'
+import {
+  BUCKETS, FIELD, GAUGE_TTL_S, KeySpace, bucketOf, dirtyMember, outboxMember, parseDirtyMember, parseOutboxMember,
+} from './keys.ts'
 import { LuaScript } from './lua-script.ts'
 
 const SCRIPTS = {
@@ -33,6 +36,7 @@ const SCRIPTS = {
   reset: LuaScript.fromFile('reset'),
   ack: LuaScript.fromFile('ack'),
   read: LuaScript.fromFile('read'),
+  restoreKey: LuaScript.fromFile('restore-key'),
 }
 
 /** Seeding attempts of one decision before the store gives up (another replica keeps resetting). */
@@ -61,6 +65,11 @@ export interface RedisCounterStoreOptions {
   prefix?: string
   /** Reads a user-day from Postgres when Redis lost it. Without one, lost state counts from 0. */
   loader?: SeedLoader
+  /**
+   * Reads an idempotent answer from Postgres when a key is missing in the first 24 h after this
+   * Redis lost (or first built) a bucket's state. Without one, such keys count as new.
+   */
+  keyLoader?: KeyLoader
   /**
    * REDIS_COMMAND_TIMEOUT_MS of the decision connection: decisions then carry a deadline in
    * Redis time, `start()` measures the clock offset. Without it, no deadline is sent.
@@ -105,6 +114,7 @@ export interface RedisDecideOptions {
 export class RedisCounterStore implements CounterStore {
   readonly keys: KeySpace
   readonly #loader: SeedLoader | undefined
+  readonly #keyLoader: KeyLoader | undefined
   readonly #seeding = new Map<string, Promise<void>>()
   readonly #batcher: ScriptBatcher<EncodedDecision, ScriptAnswer>
   readonly #serverClock: ServerClock | undefined
@@ -121,6 +131,7 @@ export class RedisCounterStore implements CounterStore {
   ) {
     this.keys = new KeySpace(options.prefix ?? 'quota:')
     this.#loader = options.loader
+    this.#keyLoader = options.keyLoader
     this.#bulk = redis
     this.#bulkCommandTimeoutMs = options.bulkCommandTimeoutMs
     const keysPerUser = options.idempotencyKeysPerUser ?? DEFAULT_IDEMPOTENCY_KEYS_PER_USER
@@ -172,10 +183,16 @@ export class RedisCounterStore implements CounterStore {
 
   async decide(request: DecisionRequest, options: RedisDecideOptions = {}): Promise<DecisionAnswer> {
     checkRequest(request)
-    const encoded = encodeDecision(request, this.keys, options.deadline ?? this.#deadline, this.#keysPerUser)
+    let encoded = encodeDecision(request, this.keys, options.deadline ?? this.#deadline, this.#keysPerUser)
     for (let attempt = 1; ; attempt++) {
       const answer = await this.#batcher.submit(encoded.bucket, encoded)
       switch (answer.status) {
+        case 'needs-key-lookup':
+          // Only in the first 24 h after a loss, and once per call: restore a kept answer (the
+          // retry replays it) or learn there is none (the retry decides and stores it).
+          if (request.idempotency) await this.#restoreKey(request.userId, request.idempotency.key, request.now)
+          encoded = encodeDecision(request, this.keys, options.deadline ?? this.#deadline, this.#keysPerUser, true)
+          continue
         case 'needs-seed':
           if (attempt >= MAX_SEED_ATTEMPTS) throw new CounterUnavailableError('redis state could not be rebuilt from postgres')
           await this.#seed(request.userId, request.day, request.now)
@@ -221,6 +238,53 @@ export class RedisCounterStore implements CounterStore {
       seedable(counts.deployments), seedable(counts.api_calls), seedable(counts.compute_hours), seedable(counts.storage),
       state.version, seedable(state.gauge), dayKeyTtlSeconds(day, now), now, GAUGE_TTL_S,
     ])
+  }
+
+  async #restoreKey(userId: string, key: string, now: number): Promise<void> {
+    const kept = await this.#keyLoader?.(userId, key)
+    if (!kept || kept.expiresAt <= now) return
+    const bucket = bucketOf(userId)
+    await SCRIPTS.restoreKey.run(this.redis, [this.keys.idempotency(userId, key, bucket), this.keys.idempotencyIndex(userId, bucket)], [
+      kept.answer, kept.expiresAt - now, key,
+    ])
+  }
+
+  async readPendingKeys(maxPerBucket: number): Promise<PendingKey[]> {
+    const perBucket = await this.#perBucket((p, _dirty, bucket) => p.zrange(this.keys.keyOutbox(bucket), '0', String(maxPerBucket - 1)))
+    const members: Omit<PendingKey, 'kept'>[] = []
+    perBucket.forEach((raw, bucket) => {
+      for (const member of raw as string[]) members.push({ bucket, ...parseOutboxMember(member) })
+    })
+    if (members.length === 0) return []
+    let replies: [Error | null, unknown][]
+    try {
+      const reads = this.#bulk.pipeline()
+      for (const m of members) {
+        const name = this.keys.idempotency(m.userId, m.key, m.bucket)
+        reads.get(name)
+        reads.pttl(name)
+      }
+      replies = (await reads.exec()) ?? []
+    } catch (err) {
+      throw classify(err)
+    }
+    const readAt = Date.now()
+    return members.map((m, i) => {
+      const [getErr, answer] = replies[2 * i] ?? [new Error('no reply'), null]
+      const [ttlErr, ttl] = replies[2 * i + 1] ?? [new Error('no reply'), null]
+      if (getErr || ttlErr) throw classify(getErr ?? ttlErr)
+      const alive = typeof answer === 'string' && Number(ttl) > 0
+      return { ...m, kept: alive ? { answer, expiresAt: readAt + Number(ttl) } : null }
+    })
+  }
+
+  async acknowledgeKeys(bucket: number, keys: readonly { userId: string; key: string }[]): Promise<number> {
+    if (keys.length === 0) return 0
+    try {
+      return await this.#bulk.zrem(this.keys.keyOutbox(bucket), ...keys.map((k) => outboxMember(k.userId, k.key)))
+    } catch (err) {
+      throw classify(err)
+    }
   }
 
   async reset(userId: string, day: string, now: number, metrics: readonly MetricName[]): Promise<void> {
@@ -293,10 +357,10 @@ export class RedisCounterStore implements CounterStore {
   }
 
   /** One command per bucket's dirty set, in one pipeline; the replies in bucket order. */
-  async #perBucket(command: (pipeline: ChainableCommander, dirtyKey: string) => void): Promise<unknown[]> {
+  async #perBucket(command: (pipeline: ChainableCommander, dirtyKey: string, bucket: number) => void): Promise<unknown[]> {
     try {
       const pipeline = this.#bulk.pipeline()
-      for (let b = 0; b < BUCKETS; b++) command(pipeline, this.keys.dirty(b))
+      for (let b = 0; b < BUCKETS; b++) command(pipeline, this.keys.dirty(b), b)
       const replies = (await pipeline.exec()) ?? []
       return replies.map(([err, reply]) => {
         if (err) throw err

@@ -7,6 +7,8 @@ most once, for all the decisions of a call.
 
 KEYS[1]  dirty set   <p>{b}:dirty    zset "<user>:<day>" -> ms of first unflushed change
 KEYS[2]  epoch       <p>{b}:epoch    ms when this bucket's state was (re)built
+KEYS[3]  key outbox  <p>{b}:ipend    zset "<user>:<key>" -> ms stored: idempotent answers not yet
+                                     copied to Postgres by the flusher
 then, per decision, 2 or 4 keys:
          day hash    <p>{b}:d:<user>:<day>   fields d a c s (micro-units), v (version)
          gauge       <p>{b}:g:<user>         storage in micro-units; expires after slot 10's
@@ -35,12 +37,13 @@ ARGV[1]  number of decisions, then per decision one JSON array (one argument ins
       key while the user holds that many live ones is refused (status 6) and changes nothing;
       a replay of a held key is always answered
   10  lifetime of the gauge, seconds, renewed by every write to it and by every new day hash
-  11  n, the number of metrics, followed by n triples:
+  11  1 when the store already looked the key up in Postgres (after a loss), else 0
+  12  n, the number of metrics, followed by n triples:
       field (d|a|c|s), amount (micro-units; negative only to lower the storage gauge), limit (micro-units, -1 = unlimited)
 
 Returns one flat array, the answers of the decisions in order:
   status, denied, cur_1..cur_n                      a decision taken now (status 0 or 1)
-  status, denied                                    status 2, 3, 4 or 5
+  status, denied                                    status 2, 3, 4, 5 or 7
   status, wait                                      status 6
   status + 10, denied, cur_1..cur_n, lim_1..lim_n, context
                                                     replayed from the idempotency key
@@ -50,7 +53,10 @@ Returns one flat array, the answers of the decisions in order:
   metric past MAX_TOTAL (nothing changed, nothing stored under the key; denied names the metric;
   a consume over a limit is denied, status 0, before the ceiling is looked at), 6 = the user
   holds as many idempotency keys as slot 9 allows (nothing changed; wait = ms until the oldest
-  expires). denied = index of the first denied metric (0 = none); cur = values after the
+  expires), 7 = the key is not in Redis but may be in Postgres: this bucket's state was rebuilt
+  less than an idempotency TTL ago, so a key answered before the loss may have been lost with it;
+  the store looks it up (restoring it when found) and sends the decision again with slot 11 = 1
+  (nothing changed). denied = index of the first denied metric (0 = none); cur = values after the
   call (before it when denied or checked). A fresh answer leaves out the limits and context the
   caller sent; a replay returns those of the first call.
 The comparison is current + amount > limit *before* incrementing: a denial changes nothing.
@@ -67,18 +73,19 @@ local function fmt(x) return string.format('%.0f', x) end
 
 -- Reply status codes (decide-protocol.ts names the same numbers).
 local DENIED, ALLOWED, NEEDS_SEED, DEADLINE_PASSED, KEY_REUSED, TOO_LARGE, TOO_MANY_KEYS = 0, 1, 2, 3, 4, 5, 6
+local NEEDS_KEY_LOOKUP = 7
 local REPLAYED = 10
 
 -- Slots of a decision's JSON array (see the header).
 local NUM_KEYS, DEADLINE, MODE, NOW, DAY_START, DAY_TTL, DIRTY_MEMBER, IDEM_TTL = 1, 2, 3, 4, 5, 6, 7, 8
-local IDEM_CAP, GAUGE_TTL, METRIC_COUNT = 9, 10, 11
+local IDEM_CAP, GAUGE_TTL, KEY_CHECKED, METRIC_COUNT = 9, 10, 11, 12
 
 -- The ceiling of every total, micro-units: MAX_TOTAL_MICRO of src/metrics.ts (9e9 units), the
 -- largest round total below 2^53 micro-units, where doubles stop being exact. The conformance
 -- suite checks this boundary to the micro-unit.
 local MAX_TOTAL = 9e15
 
-local dirty_key, epoch_key = KEYS[1], KEYS[2]
+local dirty_key, epoch_key, outbox_key = KEYS[1], KEYS[2], KEYS[3]
 
 -- Read at most once per call: every decision of the call shares them.
 local server_ms
@@ -245,7 +252,6 @@ local function decide(args, day_key, gauge_key, idem_key, index_key, context, fi
       replay(stored, fingerprint, args[METRIC_COUNT])
       return
     end
-    if stores_key and not key_room(args, index_key) then return end
   end
 
   local fields, amounts, limits = metrics_of(args)
@@ -253,6 +259,15 @@ local function decide(args, day_key, gauge_key, idem_key, index_key, context, fi
   if not current then
     answer(NEEDS_SEED, 0)
     return
+  end
+  if stores_key then
+    -- Only in the first idempotency TTL after this bucket was rebuilt (read_current made sure it
+    -- has an epoch): a key missing now may have been answered before the loss. Never otherwise.
+    if args[KEY_CHECKED] == 0 and bucket_epoch() > args[NOW] - args[IDEM_TTL] * 1000 then
+      answer(NEEDS_KEY_LOOKUP, 0)
+      return
+    end
+    if not key_room(args, index_key) then return end
   end
 
   local status, denied = ALLOWED, 0
@@ -283,14 +298,18 @@ local function decide(args, day_key, gauge_key, idem_key, index_key, context, fi
     redis.call('SET', idem_key, table.concat(parts, ','), 'EX', args[IDEM_TTL])
     -- The index member is the key as the caller named it: the idempotency key's name after
     -- "<p>{b}:i:<user>:", which is exactly as long as the index's name "<p>{b}:ik:<user>".
-    redis.call('ZADD', index_key, server_now() + args[IDEM_TTL] * 1000, string.sub(idem_key, #index_key + 1))
+    local key = string.sub(idem_key, #index_key + 1)
+    redis.call('ZADD', index_key, server_now() + args[IDEM_TTL] * 1000, key)
     redis.call('PEXPIRE', index_key, args[IDEM_TTL] * 1000)
+    -- For the flusher, which copies the answer to Postgres: it outlives a Redis that loses it.
+    -- The user id is the first 36 characters of the dirty member (a UUID).
+    redis.call('ZADD', outbox_key, 'NX', args[NOW], string.sub(args[DIRTY_MEMBER], 1, 36) .. ':' .. key)
   end
 end
 
 -- Decode every decision first (see the header), then decide them in order.
 local decisions = {}
-local arg_at, key_at = 2, 3
+local arg_at, key_at = 2, 4
 for d = 1, tonumber(ARGV[1]) do
   local args = cjson.decode(ARGV[arg_at])
   if args[NUM_KEYS] == 4 then
