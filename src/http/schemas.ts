@@ -231,3 +231,74 @@ export function errorResponses<S extends ErrorStatus>(...statuses: S[]): Record<
 
 /** Standard error answers every authenticated route may give. */
 export const commonErrors = errorResponses(400, 401, 403, 413, 415, 503)
+
+// ---- Reports (GET /api/usage/admin/top, near-limits, history) ----
+// Query strings are strings (types are never coerced), so numbers are matched by pattern here and
+// range-checked by the route.
+
+export const TopQuery = Type.Object({
+  date: Type.Optional(Type.String({ pattern: '^[0-9]{4}-[0-9]{2}-[0-9]{2}$', description: 'UTC day, YYYY-MM-DD (default: today)' })),
+  metric: Type.Optional(MetricName),
+  limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,4}$', description: 'Users listed, 1-1000 (default 10)' })),
+}, { additionalProperties: false })
+
+export const NearLimitsQuery = Type.Object({
+  threshold: Type.Optional(Type.String({ pattern: '^[0-9]{1,2}(\\.[0-9]{1,6})?$', description: 'Fraction of the limit, > 0 and <= 10 (default 0.8)' })),
+  limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,4}$', description: 'Users listed, 1-1000 (default 100)' })),
+}, { additionalProperties: false })
+
+export const HistoryQuery = Type.Object({
+  days: Type.Optional(Type.String({ pattern: '^[0-9]{1,3}$', description: 'Days before today to include, 1-366 (default 7, as the spec)' })),
+  user_id: Type.Optional(Uuid({ description: 'Only this user (default: everyone)' })),
+}, { additionalProperties: false })
+
+const UsageRowSchema = Type.Object({
+  user_id: Type.String(),
+  username: Type.String(),
+  tier: Type.String(),
+  deployments_created: Type.Number(),
+  api_calls: Type.Number(),
+  compute_hours: Type.Number(),
+  storage_gb: Type.Number(),
+})
+
+export const TopUsersResponse = Type.Object({
+  date: Type.String(),
+  metric: Type.String(),
+  users: Type.Array(UsageRowSchema),
+}, { description: "The day's users, the largest use of `metric` first" })
+
+const NearMetricSchema = Type.Object({
+  current: Type.Number(),
+  limit: Type.Number(),
+  ratio: Nullable(Type.Number({ description: 'current / limit; null when the limit is 0' })),
+  near: Type.Boolean({ description: 'Over threshold x limit' }),
+})
+
+export const NearLimitsResponse = Type.Object({
+  date: Type.String(),
+  threshold: Type.Number(),
+  users: Type.Array(Type.Object({
+    user_id: Type.String(),
+    username: Type.String(),
+    tier: Type.String(),
+    metrics: Type.Object(
+      Object.fromEntries(METRIC_NAMES.map((m) => [m, Type.Optional(NearMetricSchema)])),
+      { description: 'Every limited metric of the tier (an unlimited one is absent)' },
+    ),
+  })),
+}, { description: 'Users over threshold x limit in at least one limited metric today' })
+
+export const HistoryResponse = Type.Object({
+  from: Type.String(),
+  to: Type.String(),
+  user_id: Nullable(Type.String()),
+  days: Type.Array(Type.Object({
+    date: Type.String(),
+    active_users: Type.Integer(),
+    total_deployments: Type.Number(),
+    total_api_calls: Type.Number(),
+    total_compute_hours: Type.Number(),
+    total_storage_gb: Type.Number(),
+  })),
+}, { description: 'Per day, newest first; days without any usage are absent' })

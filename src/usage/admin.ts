@@ -13,6 +13,8 @@ import type { AdminAction, AdminOutcome } from '../db/admin-audit.ts'
 import { notifyChange } from '../db/changes.ts'
 import type { Pool } from '../db/client.ts'
 import { activeUserIds } from '../db/daily-usage.ts'
+import { nearLimits, topUsers, usageHistory } from '../db/reports.ts'
+import type { UsageReportRow } from '../db/reports.ts'
 import { listLimits, updateLimits } from '../db/usage-limits.ts'
 import type { LimitColumn, TierLimitsRow } from '../db/usage-limits.ts'
 import { getUser, setUserTier } from '../db/users.ts'
@@ -233,4 +235,120 @@ export class AdminService {
       else console.error('admin action not recorded in admin_audit', entry)
     }
   }
+
+  // ---- Reports: the spec's monitoring queries, read from daily_usage (db/reports.ts) ----
+
+  /** "Today's Top Users": `day` (default today), the largest use of `metric` first. */
+  async topUsers(options: { day?: string; metric: MetricName; limit: number }): Promise<TopUsersReport> {
+    const day = options.day ?? utcDay(this.#options.clock.now())
+    const rows = await topUsers(this.#options.pool, day, options.metric, options.limit)
+    return { date: day, metric: options.metric, users: rows.map(usageRow) }
+  }
+
+  /** "Users Near Limits" today: over `threshold` x limit in a limited metric (never an unlimited one). */
+  async nearLimits(options: { threshold: number; limit: number }): Promise<NearLimitsReport> {
+    const day = utcDay(this.#options.clock.now())
+    const rows = await nearLimits(this.#options.pool, day, options.threshold, options.limit)
+    const users = rows.map((row) => {
+      const metrics: Partial<Record<MetricName, NearMetric>> = {}
+      for (const metric of REPORT_METRICS) {
+        const limitText = row[METRICS[metric].limitColumn]
+        if (limitText === null) continue
+        const current = Number(row[METRICS[metric].column])
+        const limit = Number(limitText)
+        metrics[metric] = {
+          current,
+          limit,
+          ratio: limit === 0 ? null : current / limit,
+          // Postgres' exact decimal comparison, not a float product here (10 x 0.7 is not 7 in doubles).
+          near: row[`near_${metric}`] === true,
+        }
+      }
+      return { user_id: row.user_id, username: row.username, tier: row.tier, metrics }
+    })
+    return { date: day, threshold: options.threshold, users }
+  }
+
+  /** "Historical Usage": per day from `days` days ago through today, of everyone or one user. */
+  async usageHistory(options: { days: number; userId?: string | undefined }): Promise<UsageHistoryReport> {
+    const now = this.#options.clock.now()
+    const to = utcDay(now)
+    const from = utcDay(Date.parse(`${to}T00:00:00Z`) - options.days * 86_400_000)
+    const userId = options.userId === undefined ? null : normalizeUserId(options.userId)
+    const rows = await usageHistory(this.#options.pool, to, options.days, userId)
+    return {
+      from,
+      to,
+      user_id: userId,
+      days: rows.map((r) => ({
+        date: r.date,
+        active_users: r.active_users,
+        total_deployments: Number(r.total_deployments),
+        total_api_calls: Number(r.total_api_calls),
+        total_compute_hours: Number(r.total_compute_hours),
+        total_storage_gb: Number(r.total_storage_gb),
+      })),
+    }
+  }
+}
+
+/** Metrics in registry order, for the near-limits report. */
+const REPORT_METRICS = Object.keys(METRICS) as MetricName[]
+
+/** One user's usage of a day, as display numbers (exact: at most 6 decimals, well within a double). */
+export interface UsageRow {
+  user_id: string
+  username: string
+  tier: string
+  deployments_created: number
+  api_calls: number
+  compute_hours: number
+  storage_gb: number
+}
+
+function usageRow(row: UsageReportRow): UsageRow {
+  return {
+    user_id: row.user_id,
+    username: row.username,
+    tier: row.tier,
+    deployments_created: Number(row.deployments_created),
+    api_calls: Number(row.api_calls),
+    compute_hours: Number(row.compute_hours),
+    storage_gb: Number(row.storage_gb),
+  }
+}
+
+export interface TopUsersReport {
+  date: string
+  metric: MetricName
+  users: UsageRow[]
+}
+
+export interface NearMetric {
+  current: number
+  limit: number
+  /** current / limit; null when the limit is 0. */
+  ratio: number | null
+  /** Over threshold x limit. */
+  near: boolean
+}
+
+export interface NearLimitsReport {
+  date: string
+  threshold: number
+  users: { user_id: string; username: string; tier: string; metrics: Partial<Record<MetricName, NearMetric>> }[]
+}
+
+export interface UsageHistoryReport {
+  from: string
+  to: string
+  user_id: string | null
+  days: {
+    date: string
+    active_users: number
+    total_deployments: number
+    total_api_calls: number
+    total_compute_hours: number
+    total_storage_gb: number
+  }[]
 }

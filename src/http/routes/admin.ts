@@ -14,6 +14,9 @@ import {
   LimitsBody, LimitsListResponse, ResetBody, ResetResponse, StatusResponse, TierBody, TierLimitsSchema, TierParams,
   UserIdParams, UserTierResponse, errorResponses,
 } from '../schemas.ts'
+import {
+  HistoryQuery, HistoryResponse, NearLimitsQuery, NearLimitsResponse, TopQuery, TopUsersResponse,
+} from '../schemas.ts'
 
 const security = [{ bearerAuth: [] }]
 
@@ -165,6 +168,71 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
       async () => limitsBody(await admin.updateLimits(request.params.tier, request.body, actorOf(request))),
       () => 'ok', () => ({ limits: request.body }))
   })
+
+  // ---- Reports: the spec's monitoring queries as JSON, from daily_usage (they trail the live
+  // counters by at most one flush interval) ----
+
+  app.get('/top', {
+    schema: {
+      tags: ['admin'],
+      summary: "The spec's \"Today's Top Users\": a day's users, the largest use of a metric first",
+      description: 'Defaults: today (UTC), `api_calls`, 10 users. Read from daily_usage: at most one flush interval behind the live counters.',
+      security,
+      querystring: TopQuery,
+      response: { 200: TopUsersResponse, ...errorResponses(400, 401, 403, 503) },
+    },
+  }, async (request) => {
+    const { date, metric = 'api_calls', limit } = request.query
+    if (date !== undefined && !isDay(date)) throw badQuery('date', 'querystring/date must be a day that exists, YYYY-MM-DD')
+    return admin.topUsers({ day: date, metric, limit: wholeIn(limit, 10, 1, 1000, 'limit') })
+  })
+
+  app.get('/near-limits', {
+    schema: {
+      tags: ['admin'],
+      summary: "The spec's \"Users Near Limits\": today's users over threshold x limit in a limited metric",
+      description: 'Every metric with a limit is compared (an unlimited one never is); `threshold` defaults to 0.8, as the spec. Each user lists every limited metric with `near` set on those over.',
+      security,
+      querystring: NearLimitsQuery,
+      response: { 200: NearLimitsResponse, ...errorResponses(400, 401, 403, 503) },
+    },
+  }, async (request) => {
+    const threshold = request.query.threshold === undefined ? 0.8 : Number(request.query.threshold)
+    if (!(threshold > 0 && threshold <= 10)) throw badQuery('threshold', 'querystring/threshold must be > 0 and <= 10')
+    return admin.nearLimits({ threshold, limit: wholeIn(request.query.limit, 100, 1, 1000, 'limit') })
+  })
+
+  app.get('/history', {
+    schema: {
+      tags: ['admin'],
+      summary: "The spec's \"Historical Usage\": per day, from `days` days ago through today",
+      description: 'Of everyone, or of `user_id`. Newest first; a day without any usage is absent (as in the spec).',
+      security,
+      querystring: HistoryQuery,
+      response: { 200: HistoryResponse, ...errorResponses(400, 401, 403, 503) },
+    },
+  }, async (request) => {
+    const days = wholeIn(request.query.days, 7, 1, 366, 'days')
+    return admin.usageHistory({ days, userId: request.query.user_id })
+  })
 }
 
 export default adminRoutes
+
+function badQuery(field: string, message: string): HttpError {
+  return new HttpError(400, 'Invalid request', message, { field })
+}
+
+/** A query parameter already matched as digits, as a whole number within [min, max]. */
+function wholeIn(value: string | undefined, fallback: number, min: number, max: number, field: string): number {
+  if (value === undefined) return fallback
+  const n = Number(value)
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw badQuery(field, `querystring/${field} must be a whole number from ${min} to ${max}`)
+  return n
+}
+
+/** YYYY-MM-DD of a day that exists (not 2026-02-30). */
+function isDay(value: string): boolean {
+  const ms = Date.parse(`${value}T00:00:00Z`)
+  return Number.isFinite(ms) && new Date(ms).toISOString().slice(0, 10) === value
+}
