@@ -29,6 +29,7 @@ import type { QuotaEngineOptions } from './engine.ts'
 import quotaPlugin from './http/plugin.ts'
 import adminRoutes from './http/routes/admin.ts'
 import metricsRoute from './http/routes/metrics.ts'
+import dashboardRoutes from './http/routes/dashboard.ts'
 import { createQuotaMetrics } from './http/metrics.ts'
 import deployRoutes from './http/routes/deploy.ts'
 import usageRoutes from './http/routes/usage.ts'
@@ -216,6 +217,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   await app.register(openapi, { docs: config.docs })
   await app.register(healthRoutes, { pingCounters: () => engine.store.ping(), pool })
   if (metrics) await app.register(metricsRoute, { registry: metrics.registry })
+  await app.register(dashboardRoutes)
 
   // ---- usage plugin and routes are registered here ----
   await app.register(quotaPlugin, { engine })
