@@ -53,7 +53,9 @@ async function cruise(caseName: string): Promise<Cruise> {
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => (output += chunk))
   const [status] = (await once(child, 'close')) as [number | null]
 
-  const local = (path: string): string => path.replace(`${FIXTURES}/${caseName}/`, '')
+  // Packages as `node_modules/<package>/...`, whichever folder node_modules resolves to (a
+  // checkout whose node_modules is a symlink reports it as a relative path outside the repo).
+  const local = (path: string): string => path.replace(`${FIXTURES}/${caseName}/`, '').replace(/^(?:\.\.\/)+[^ ]*?node_modules\//, 'node_modules/')
   // `  error <rule>: <from> → <to>`; for a cycle, <to> (the next module of the cycle) starts
   // the next line.
   const violations = [...output.matchAll(/^\s*error (\S+): (\S+) →\s+(\S+)/gm)].map(
