@@ -118,6 +118,9 @@ async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): P
       const userId = getUserId(request)
       if (userId === undefined) throw new HttpError(401, 'Unauthorized', 'A user is required to spend usage')
       const result = await usage.consume(userId, amounts)
+      // The request's log lines from here on, "request completed" included, say who spent and
+      // how the decision went.
+      request.log = reply.log = request.log.child({ userId, usage: result.allowed ? 'allowed' : 'denied' })
       const now = clock.now()
       if (!result.allowed) {
         await sendLimitExceeded(reply, result, now)
