@@ -24,7 +24,7 @@
 const ROOT = '^(?:|test/fixtures/architecture/[^/]+/)' // not `(...)?`: depcruise refuses nested quantifiers
 const SRC = `${ROOT}src/`
 
-const BASE = `${SRC}(?:clock|metrics|ids|limited|logger|config)\\.ts$`
+const BASE = `${SRC}(?:clock|metrics|ids|limited|logger|config|telemetry)\\.ts$`
 const TOP = `${SRC}(?:app|server|index|preflight)\\.ts$`
 const COMPOSITION_ROOTS = `${SRC}(?:engine|app|index|preflight|server)\\.ts$`
 const REDIS = `${SRC}counters/redis/`

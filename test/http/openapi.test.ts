@@ -33,6 +33,9 @@ const ROUTES: [string, string, 'anyone' | 'user' | 'admin', number, number[]][] 
   ['/api/usage/admin/users/{id}/tier', 'put', 'admin', 200, [400, 401, 403, 404]],
   ['/api/usage/admin/limits', 'get', 'admin', 200, [401, 403]],
   ['/api/usage/admin/limits/{tier}', 'put', 'admin', 200, [400, 401, 403, 404]],
+  ['/api/usage/admin/top', 'get', 'admin', 200, [400, 401, 403]],
+  ['/api/usage/admin/near-limits', 'get', 'admin', 200, [400, 401, 403]],
+  ['/api/usage/admin/history', 'get', 'admin', 200, [400, 401, 403]],
   ['/api/deploy', 'post', 'user', 201, [401, 429, 503]],
 ]
 

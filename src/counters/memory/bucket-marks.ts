@@ -3,23 +3,9 @@
  * oldest first as the Redis store reads its sorted sets. The dirty user-days (dirty-marks.ts) and
  * the key outbox (key-outbox.ts) are each one of these; a user falls in one bucket, by its id.
  */
+import { BUCKETS } from '../buckets.ts'
 
-/** Number of partitions: the flusher acknowledges per bucket. */
-export const BUCKETS = 64
-
-/**
- * FNV-1a of the user id, modulo BUCKETS: stable across processes. The same function as the Redis
- * store's key layout uses (a copy: counters/redis/ is off limits to the rest of counters/), so a
- * user falls in the same bucket whichever store holds it.
- */
-export function bucketOf(userId: string): number {
-  let hash = 0x811c9dc5
-  for (let i = 0; i < userId.length; i++) {
-    hash ^= userId.charCodeAt(i)
-    hash = Math.imul(hash, 0x01000193)
-  }
-  return (hash >>> 0) % BUCKETS
-}
+export { BUCKETS, bucketOf } from '../buckets.ts'
 
 /** What every mark holds: its user, its member ("<user>:<...>") and the ms it is ordered by. */
 export interface Mark {

@@ -12,6 +12,7 @@
  *                                                flusher has not copied to Postgres yet
  *   <prefix>{<b>}:epoch                  string  ms when this bucket's state was (re)built in this Redis
  */
+import { bucketOf } from '../buckets.ts'
 
 import type { MetricName } from '../../metrics.ts'
 
@@ -33,18 +34,8 @@ export const FIELD: Readonly<Record<MetricName, 'd' | 'a' | 'c' | 's'>> = {
  */
 export const GAUGE_TTL_S = 35 * 86_400
 
-/** Number of buckets. Spreads users over this many hash slots; the flusher visits each per tick. */
-export const BUCKETS = 64
-
-/** FNV-1a of the user id, modulo BUCKETS. Stable across processes and releases. */
-export function bucketOf(userId: string): number {
-  let hash = 0x811c9dc5
-  for (let i = 0; i < userId.length; i++) {
-    hash ^= userId.charCodeAt(i)
-    hash = Math.imul(hash, 0x01000193)
-  }
-  return (hash >>> 0) % BUCKETS
-}
+/** The bucket a user's keys live in (its hash tag `{b}`): one slot per bucket. */
+export { BUCKETS, bucketOf } from '../buckets.ts'
 
 export class KeySpace {
   constructor(readonly prefix: string) {}
