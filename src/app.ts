@@ -41,7 +41,8 @@ declare module 'fastify' {
   interface FastifyInstance {
     config: Config
     pool: Pool
-    redis: Redis
+    /** The decision client in mode redis; undefined in embedded mode (counters in the process). */
+    redis: Redis | undefined
     clock: Clock
   }
 }
@@ -56,9 +57,13 @@ export interface BuildAppOptions {
    * @default true
    */
   logger?: boolean | LoggerOptions | FastifyBaseLogger
-  /** An existing Redis client (not closed by the app). @default a new client on config.redisUrl */
+  /** An existing Redis client (not closed by the app). @default a new client on config.redisUrl (mode redis) */
   redis?: Redis
-  /** An existing pool (not ended by the app). @default a new pool on config.databaseUrl */
+  /**
+   * An existing pool (not ended by the app). @default a new pool on config.databaseUrl. Required
+   * in embedded mode: the embedded database is opened once per process, with the data folder's
+   * lock (preflight.ts's prepareEmbedded), and handed in.
+   */
   pool?: Pool
   /** Overrides of the engine's options (tests: no scheduler, a shorter flush interval...). */
   quota?: Partial<Omit<QuotaEngineOptions, 'redis' | 'database'>>
@@ -137,14 +142,24 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     ])
   })
 
-  const pool = options.pool ?? (owned.pool = createPool(config.databaseUrl, { logger: app.log }))
-  const redis = options.redis ?? (owned.redis = createRedisClient({
-    url: config.redisUrl,
-    commandTimeoutMs: config.redisCommandTimeoutMs,
-    logger: app.log,
-  }))
+  const embedded = config.mode === 'embedded'
+  let pool: Pool
+  let redis: Redis | undefined
   try {
-    if (owned.redis) await connectRedis(owned.redis, config.redisUrl)
+    if (embedded) {
+      if (!options.pool) throw new Error('quota: embedded mode needs the embedded database pool (preflight.ts, prepareEmbedded)')
+      pool = options.pool
+    } else {
+      const { databaseUrl, redisUrl } = config
+      if (databaseUrl === undefined || redisUrl === undefined) throw new Error('quota: mode redis needs REDIS_URL and DATABASE_URL')
+      pool = options.pool ?? (owned.pool = createPool(databaseUrl, { logger: app.log }))
+      redis = options.redis ?? (owned.redis = createRedisClient({
+        url: redisUrl,
+        commandTimeoutMs: config.redisCommandTimeoutMs,
+        logger: app.log,
+      }))
+      if (owned.redis) await connectRedis(owned.redis, redisUrl)
+    }
   } catch (err) {
     await app.close()
     throw err
@@ -160,6 +175,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   // Registered after the hook above, so it runs before it on close: the final flush still has
   // its connections.
   const engine = await createQuotaEngine({
+    mode: config.mode,
     redis,
     database: pool,
     databaseUrl: config.databaseUrl,
@@ -215,7 +231,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
 
   await app.register(auth, { config, provisionUser: (id, username) => engine.limits.provisionUser(id, username) })
   await app.register(openapi, { docs: config.docs })
-  await app.register(healthRoutes, { pingCounters: () => engine.store.ping(), pool })
+  await app.register(healthRoutes, { mode: config.mode, pingCounters: () => engine.store.ping(), pool })
   if (metrics) await app.register(metricsRoute, { registry: metrics.registry })
   await app.register(dashboardRoutes)
 

@@ -16,6 +16,12 @@ import { Value } from 'typebox/value'
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 export type FailMode = 'open' | 'closed'
+/**
+ * embedded: counters in the process, history in PGlite in a data folder (nothing but Node needed).
+ * redis: counters in one Redis, history in Postgres. (cluster, with REDIS_CLUSTER_NODES, is named
+ * by the contract but not available in this version: loadConfig refuses it.)
+ */
+export type DeploymentMode = 'embedded' | 'redis'
 export type LogLevel = (typeof LOG_LEVELS)[number]
 
 /** A whole number with its default and bounds: most variables are one. */
@@ -31,7 +37,12 @@ export const EnvSchema = Type.Object({
   NODE_ENV: Type.Optional(Type.String({ description: '"production" requires a configured JWT key' })),
   PORT: Int(8000, 0, 65535, 'listen port'),
   HOST: Type.String({ default: '127.0.0.1', description: 'listen address' }),
-  REDIS_URL: Type.String({ default: 'redis://127.0.0.1:6379', description: 'standalone Redis (redis: or rediss:)' }),
+  // No defaults for the three below: which of them are set chooses the deployment mode (modeOf).
+  REDIS_URL: Type.Optional(Type.String({ description: 'standalone Redis (redis: or rediss:): mode redis, with DATABASE_URL' })),
+  REDIS_CLUSTER_NODES: Type.Optional(Type.Array(Type.String({ pattern: '^[^\\s:,]+:\\d{1,5}$' }), {
+    minItems: 1, description: 'comma-separated host:port seed nodes of a Redis Cluster: mode cluster, with DATABASE_URL',
+    expected: 'a comma-separated list of host:port',
+  })),
   REDIS_KEY_PREFIX: Type.String({
     default: 'quota:', pattern: '^[^{}\\s]*$', description: 'prefix of every Redis key',
     expected: 'free of braces and spaces (they would break hash tags)',
@@ -39,9 +50,15 @@ export const EnvSchema = Type.Object({
   REDIS_ALLOW_NO_PERSISTENCE: Type.Boolean({
     default: false, description: 'with NODE_ENV=production, allow a Redis without AOF or RDB persistence',
   }),
-  DATABASE_URL: Type.String({
-    default: 'postgres://postgres@127.0.0.1:5432/quota', description: 'Postgres (postgres: or postgresql:)',
-  }),
+  DATABASE_URL: Type.Optional(Type.String({
+    description: 'Postgres (postgres: or postgresql:); required with REDIS_URL or REDIS_CLUSTER_NODES',
+  })),
+  QUOTA_DATA_DIR: Type.Optional(Type.String({
+    minLength: 1, description: "embedded mode's data folder (default ./data outside production; in production, setting it chooses embedded mode)",
+  })),
+  EMBEDDED_PG_PORT: Type.Optional(Type.Integer({
+    minimum: 1, maximum: 65535, description: 'embedded mode: also serve the embedded database on 127.0.0.1:<port> (psql)',
+  })),
   // writeOnly: never echoed in an error message.
   JWT_SECRET: Type.Optional(Type.String({ writeOnly: true, description: 'HS256 secret, at least 32 bytes' })),
   JWT_PUBLIC_KEY: Type.Optional(Type.String({ writeOnly: true, description: 'PEM public key: RS256/ES256, not HS256' })),
@@ -98,13 +115,21 @@ export interface HttpConfig {
 
 /** Defaults, bounds and meanings: EnvSchema. */
 export interface Config {
+  /** Chosen by which of REDIS_URL, REDIS_CLUSTER_NODES, DATABASE_URL are set (modeOf). */
+  mode: DeploymentMode
   port: number
   host: string
-  redisUrl: string
+  /** Set exactly in mode redis. */
+  redisUrl?: string
   /** Prefix of every Redis key; lets several deployments (or test runs) share one Redis. */
   redisKeyPrefix: string
   redisAllowNoPersistence: boolean
-  databaseUrl: string
+  /** Set exactly in mode redis. */
+  databaseUrl?: string
+  /** Embedded mode only: the data folder, absolute (QUOTA_DATA_DIR, else ./data of the working directory). */
+  dataDir?: string
+  /** Embedded mode only, when set: the port the embedded database is also served on (127.0.0.1). */
+  embeddedPgPort?: number
   jwt: JwtConfig
   http: HttpConfig
   docs: boolean
@@ -242,20 +267,67 @@ export interface LoadConfigOptions {
   cwd?: string
 }
 
+/** The folder embedded mode uses when QUOTA_DATA_DIR is unset (outside production). */
+export const DEFAULT_DATA_DIR = './data'
+
+/**
+ * The deployment mode from which variables are set, or the one line that says what is missing or
+ * too much. A half-configured Redis deployment must stop, never fall back to embedded mode: its
+ * counts would silently live in a local folder instead of the shared Redis and Postgres.
+ */
+function modeOf(vars: EnvValues, production: boolean): DeploymentMode {
+  const redisVar = vars.REDIS_URL !== undefined ? 'REDIS_URL' : vars.REDIS_CLUSTER_NODES !== undefined ? 'REDIS_CLUSTER_NODES' : undefined
+  if (vars.REDIS_URL !== undefined && vars.REDIS_CLUSTER_NODES !== undefined) {
+    throw new ConfigError('REDIS_CLUSTER_NODES', 'set either REDIS_URL (one Redis) or REDIS_CLUSTER_NODES (a Redis Cluster), not both')
+  }
+  if (redisVar !== undefined && vars.DATABASE_URL === undefined) {
+    throw new ConfigError('DATABASE_URL', `is required with ${redisVar} (the Postgres that keeps the history); ` +
+      'or unset every one of REDIS_URL, REDIS_CLUSTER_NODES and DATABASE_URL for embedded mode')
+  }
+  if (redisVar === undefined && vars.DATABASE_URL !== undefined) {
+    throw new ConfigError('REDIS_URL', 'is required with DATABASE_URL (or REDIS_CLUSTER_NODES); ' +
+      'or unset DATABASE_URL for embedded mode')
+  }
+  if (redisVar !== undefined) {
+    for (const name of ['QUOTA_DATA_DIR', 'EMBEDDED_PG_PORT'] as const) {
+      if (vars[name] !== undefined) throw new ConfigError(name, `is for embedded mode only; unset it with ${redisVar}`)
+    }
+  }
+  if (vars.REDIS_CLUSTER_NODES !== undefined) {
+    throw new ConfigError('REDIS_CLUSTER_NODES', 'cluster mode is not available in this version; ' +
+      'use REDIS_URL (one Redis) with DATABASE_URL, or embedded mode')
+  }
+  if (redisVar !== undefined) return 'redis'
+  if (production && vars.QUOTA_DATA_DIR === undefined) {
+    throw new ConfigError('QUOTA_DATA_DIR', 'with NODE_ENV=production, set REDIS_URL and DATABASE_URL, ' +
+      'or set QUOTA_DATA_DIR to run embedded mode (one process, counters in memory) deliberately')
+  }
+  return 'embedded'
+}
+
 export function loadConfig(env: Env = process.env, options: LoadConfigOptions = {}): Config {
   const vars = readEnv(env)
   const production = vars.NODE_ENV === 'production'
+  const cwd = options.cwd ?? process.cwd()
+  const mode = modeOf(vars, production)
   if (vars.HTTP_HEADERS_TIMEOUT_MS > vars.HTTP_REQUEST_TIMEOUT_MS) {
     throw new ConfigError('HTTP_HEADERS_TIMEOUT_MS', `must not exceed HTTP_REQUEST_TIMEOUT_MS ` +
       `(${vars.HTTP_REQUEST_TIMEOUT_MS}), got ${vars.HTTP_HEADERS_TIMEOUT_MS}`)
   }
   const config = {
+    mode,
     port: vars.PORT,
     host: vars.HOST,
-    redisUrl: checkUrl('REDIS_URL', vars.REDIS_URL, ['redis:', 'rediss:']),
+    ...(mode === 'redis' && {
+      redisUrl: checkUrl('REDIS_URL', vars.REDIS_URL ?? '', ['redis:', 'rediss:']),
+      databaseUrl: checkUrl('DATABASE_URL', vars.DATABASE_URL ?? '', ['postgres:', 'postgresql:']),
+    }),
+    ...(mode === 'embedded' && {
+      dataDir: resolve(cwd, vars.QUOTA_DATA_DIR ?? DEFAULT_DATA_DIR),
+      ...(vars.EMBEDDED_PG_PORT !== undefined && { embeddedPgPort: vars.EMBEDDED_PG_PORT }),
+    }),
     redisKeyPrefix: vars.REDIS_KEY_PREFIX,
     redisAllowNoPersistence: vars.REDIS_ALLOW_NO_PERSISTENCE,
-    databaseUrl: checkUrl('DATABASE_URL', vars.DATABASE_URL, ['postgres:', 'postgresql:']),
     http: {
       requestTimeoutMs: vars.HTTP_REQUEST_TIMEOUT_MS,
       headersTimeoutMs: vars.HTTP_HEADERS_TIMEOUT_MS,
@@ -273,7 +345,7 @@ export function loadConfig(env: Env = process.env, options: LoadConfigOptions = 
   }
   const jwt: JwtConfig = {
     // Last: only a configuration that is otherwise valid may create the dev secret file.
-    ...jwtKey(vars, production, options.cwd ?? process.cwd()),
+    ...jwtKey(vars, production, cwd),
     ...(vars.JWT_ISSUER !== undefined && { issuer: vars.JWT_ISSUER }),
     ...(vars.JWT_AUDIENCE !== undefined && { audience: vars.JWT_AUDIENCE }),
     maxLifetimeS: vars.JWT_MAX_LIFETIME_S,
@@ -299,8 +371,8 @@ export function redactedConfig(config: Config): Record<string, unknown> {
   const { source, issuer, audience, maxLifetimeS, clockSkewS, publicKey } = config.jwt
   return {
     ...config,
-    redisUrl: redactUrl(config.redisUrl),
-    databaseUrl: redactUrl(config.databaseUrl),
+    ...(config.redisUrl !== undefined && { redisUrl: redactUrl(config.redisUrl) }),
+    ...(config.databaseUrl !== undefined && { databaseUrl: redactUrl(config.databaseUrl) }),
     jwt: { source, algorithm: publicKey ? 'RS256/ES256' : 'HS256', issuer, audience, maxLifetimeS, clockSkewS },
   }
 }

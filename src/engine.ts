@@ -9,7 +9,9 @@ import type { Logger } from 'pino'
 import { systemClock } from './clock.ts'
 import type { Clock } from './clock.ts'
 import type { FailMode } from './config.ts'
+import { MemoryCounterStore } from './counters/memory/memory-store.ts'
 import { RedisCounterStore } from './counters/redis/redis-store.ts'
+import type { CounterStore } from './counters/store.ts'
 import { warnAboutRedisDurability } from './counters/redis/settings-check.ts'
 import { createPool } from './db/client.ts'
 import type { Pool } from './db/client.ts'
@@ -30,11 +32,26 @@ export { noTelemetry } from './telemetry.ts'
 export type EngineLogger = Pick<Logger, 'info' | 'warn' | 'error' | 'debug'>
 
 export interface QuotaEngineOptions {
-  /** ioredis client for decisions (createRedisClient: bounded timeouts, no offline queue). Not closed by the engine. */
-  redis: Redis
-  /** A pg Pool (not ended by the engine), or a connection string (a pool is created and ended with it). */
+  /**
+   * Where the counters live. `redis` (the default): in Redis, through `redis`. `embedded`: in this
+   * process (MemoryCounterStore), which must then be the only one on its database — embedded
+   * mode's data-folder lock makes it so — so it runs the midnight job without a leader election.
+   */
+  mode?: 'redis' | 'embedded'
+  /**
+   * ioredis client for decisions (createRedisClient: bounded timeouts, no offline queue). Not
+   * closed by the engine. Required in mode `redis`, unused in mode `embedded`.
+   */
+  redis?: Redis
+  /**
+   * A pg Pool (not ended by the engine), or a connection string (a pool is created and ended with
+   * it). Embedded mode passes the pool over its PGlite (db/pglite-pool.ts).
+   */
   database: Pool | string
-  /** Connection string for the LISTEN and leader-lock connections. @default the pool's connectionString */
+  /**
+   * Connection string for the LISTEN and leader-lock connections. @default the pool's
+   * connectionString. Not needed with an embedded pool: it listens in-process.
+   */
   databaseUrl?: string
   /** Prefix of every Redis key. @default 'quota:' */
   prefix?: string
@@ -66,15 +83,16 @@ export interface QuotaEngineOptions {
   telemetry?: Telemetry
 }
 
-export interface QuotaEngine {
+export interface QuotaEngine<S extends CounterStore = CounterStore> {
   /** The hot path: checkLimit, consume, incrementUsage, refund, status. */
   readonly usage: UsageService
   /** Resets, any user's status, tier and limit changes. */
   readonly admin: AdminService
-  readonly store: RedisCounterStore
+  /** RedisCounterStore in mode redis, MemoryCounterStore in mode embedded. */
+  readonly store: S
   readonly limits: LimitsCache
   readonly flusher: Flusher
-  /** Undefined when `scheduler: false`. */
+  /** Undefined when `scheduler: false`, and in mode embedded (the one process is the leader). */
   readonly leader: LeaderLock | undefined
   readonly scheduler: Scheduler | undefined
   readonly clock: Clock
@@ -88,39 +106,57 @@ const FINAL_FLUSH_BUDGET_MS = 6000
 /** Command timeout of the flusher's own Redis connection: its reads are large. */
 const FLUSH_COMMAND_TIMEOUT_MS = 10_000
 
-function connectionString(database: Pool | string, databaseUrl: string | undefined): string {
-  const url = databaseUrl ?? (typeof database === 'string'
-    ? database
-    : (database as Pool & { options: { connectionString?: string } }).options.connectionString)
-  if (!url) throw new Error('quota: pass databaseUrl (the pool has no connectionString)')
-  return url
+function connectionString(database: Pool | string, databaseUrl: string | undefined): string | undefined {
+  if (databaseUrl !== undefined) return databaseUrl
+  if (typeof database === 'string') return database
+  return (database as Pool & { options: { connectionString?: string } }).options.connectionString
 }
 
-/** Builds and starts the engine; if any part fails to start, what started is stopped again. */
+/**
+ * Builds and starts the engine; if any part fails to start, what started is stopped again. The
+ * store is the mode's: a RedisCounterStore on `redis`, or (mode embedded) a MemoryCounterStore,
+ * empty at start, that loads each user-day from daily_usage the first time it is touched — the
+ * same seed path the Redis store takes after a loss — so a restart keeps today's counts.
+ */
+export async function createQuotaEngine(options: QuotaEngineOptions & { mode?: 'redis' }): Promise<QuotaEngine<RedisCounterStore>>
+export async function createQuotaEngine(options: QuotaEngineOptions & { mode: 'embedded' }): Promise<QuotaEngine<MemoryCounterStore>>
+export async function createQuotaEngine(options: QuotaEngineOptions): Promise<QuotaEngine>
 export async function createQuotaEngine(options: QuotaEngineOptions): Promise<QuotaEngine> {
   const clock = options.clock ?? systemClock
   const logger = options.logger
   const telemetry = options.telemetry ?? noTelemetry
+  const embedded = options.mode === 'embedded'
   const databaseUrl = connectionString(options.database, options.databaseUrl)
+  // An embedded pool listens in-process; a Postgres pool needs a URL for its LISTEN and lock sessions.
+  if (!embedded && databaseUrl === undefined) throw new Error('quota: pass databaseUrl (the pool has no connectionString)')
   const ownsPool = typeof options.database === 'string'
   const pool = typeof options.database === 'string' ? createPool(options.database, { logger }) : options.database
 
-  const store = new RedisCounterStore(options.redis, {
-    prefix: options.prefix ?? 'quota:',
-    loader: (userId, day) => loadRecordedUserDay(pool, userId, day,
-      (detail) => logger?.warn(detail, 'daily_usage holds a value no counter can: rebuilt with the nearest one')),
-    keyLoader: (userId, key) => readIdempotencyRecord(pool, userId, key),
-    commandTimeoutMs: options.commandTimeoutMs ?? 250,
-    bulkCommandTimeoutMs: FLUSH_COMMAND_TIMEOUT_MS,
-    idempotencyKeysPerUser: options.idempotencyKeysPerUser,
-    telemetry,
-  })
+  const loader = (userId: string, day: string) => loadRecordedUserDay(pool, userId, day,
+    (detail) => logger?.warn(detail, 'daily_usage holds a value no counter can: rebuilt with the nearest one'))
+  const keyLoader = (userId: string, key: string) => readIdempotencyRecord(pool, userId, key)
+  const redis = options.redis
+  if (!embedded && redis === undefined) throw new Error('quota: mode redis needs the `redis` client')
+  const store: CounterStore = embedded || redis === undefined
+    // The service clock is the store's clock: lifetimes and requests' `now` agree (memory-store.ts).
+    ? new MemoryCounterStore({ loader, keyLoader, idempotencyKeysPerUser: options.idempotencyKeysPerUser, clock })
+    : new RedisCounterStore(redis, {
+        prefix: options.prefix ?? 'quota:',
+        loader,
+        keyLoader,
+        commandTimeoutMs: options.commandTimeoutMs ?? 250,
+        bulkCommandTimeoutMs: FLUSH_COMMAND_TIMEOUT_MS,
+        idempotencyKeysPerUser: options.idempotencyKeysPerUser,
+        telemetry,
+      })
   const limits = new LimitsCache({ pool, databaseUrl, defaultTier: options.defaultTier ?? 'free', logger })
   const flusher = new Flusher({ store, pool, clock, intervalMs: options.flushIntervalMs ?? 1000, logger, telemetry })
-  const leader = options.scheduler === false ? undefined : new LeaderLock({ databaseUrl, logger })
-  const scheduler = leader
-    ? new Scheduler({ pool, flusher, clock, isLeader: () => leader.isLeader, logger })
-    : undefined
+  const leader = options.scheduler === false || embedded || databaseUrl === undefined
+    ? undefined
+    : new LeaderLock({ databaseUrl, logger })
+  const scheduler = options.scheduler === false
+    ? undefined
+    : new Scheduler({ pool, flusher, clock, isLeader: () => (leader ? leader.isLeader : true), logger })
   const usage = new UsageService({
     store, limits, clock, logger, failMode: options.failMode ?? 'closed', denyCacheMs: options.denyCacheMs,
     telemetry,
@@ -147,12 +183,10 @@ export async function createQuotaEngine(options: QuotaEngineOptions): Promise<Qu
   try {
     await limits.start()
     await store.start()
-    if (options.checkRedisSettings !== false) await warnAboutRedisDurability(options.redis, logger)
+    if (redis && !embedded && options.checkRedisSettings !== false) await warnAboutRedisDurability(redis, logger)
     if (flushing) flusher.start()
-    if (leader && scheduler) {
-      await leader.start()
-      scheduler.start()
-    }
+    await leader?.start()
+    scheduler?.start()
   } catch (err) {
     await close().catch(() => {})
     throw err

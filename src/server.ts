@@ -1,5 +1,6 @@
 /**
- * The process: config, preflight of Postgres and Redis with operator-readable failures,
+ * The process: config (which chooses the mode), preflight of Postgres and Redis — or, in
+ * embedded mode, of the data folder and its database — with operator-readable failures,
  * migrations, listen, and graceful shutdown. SIGTERM/SIGINT -> app.close() (stops accepting,
  * drains in-flight requests, then onClose hooks flush counters and close connections) -> exit 0.
  * `npm start` runs its build (dist/server.js) with plain node; `npm run dev` runs this file with
@@ -57,18 +58,34 @@ async function main(): Promise<void> {
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
 
-  log.info({ config: redactedConfig(config) }, 'starting quota')
-  const [{ buildApp }, { checkRedis, preparePostgres }] = await Promise.all([import('./app.ts'), import('./preflight.ts')])
-  const problems = (await Promise.all([preparePostgres(config, log), checkRedis(config)])).filter((p) => p !== undefined)
-  if (problems.length > 0) fail(problems)
+  // The mode first: the one field an operator reading the first line needs to see.
+  log.info({ mode: config.mode, config: redactedConfig(config) }, `starting quota (mode ${config.mode})`)
+  const [{ buildApp }, { checkRedis, prepareEmbedded, preparePostgres }] = await Promise.all([import('./app.ts'), import('./preflight.ts')])
+  let embedded: Exclude<Awaited<ReturnType<typeof prepareEmbedded>>, string> | undefined
+  if (config.mode === 'embedded') {
+    const prepared = await prepareEmbedded(config, log)
+    if (typeof prepared === 'string') fail([prepared])
+    embedded = prepared
+  } else {
+    const problems = (await Promise.all([preparePostgres(config, log), checkRedis(config)])).filter((p) => p !== undefined)
+    if (problems.length > 0) fail(problems)
+  }
 
-  const app = await buildApp({ config, logger: log })
+  const app = await buildApp({ config, logger: log, ...(embedded && { pool: embedded.pool }) })
+    .catch(async (err: unknown) => {
+      await embedded?.close()
+      throw err
+    })
+
   // Uncaught errors (and the rarer signals) still go through close-with-grace: close, then exit 1.
   const grace = closeWithGrace(
     { delay: 10_000, skip: ['SIGINT', 'SIGTERM'], logger: { error: (msg: unknown) => app.log.error(msg) } },
     async ({ err }) => {
       if (err) app.log.error({ err }, 'uncaught error; closing')
       await app.close() // stops accepting, drains in-flight requests, then onClose hooks flush and disconnect
+      // The app does not own the embedded database (it was passed in): closed after the final
+      // flush has written to it. Closing it also releases the data folder.
+      await embedded?.close()
       app.log.info('closed')
     },
   )

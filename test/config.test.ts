@@ -10,6 +10,8 @@ import t from 'tap'
 import { ConfigError, DEV_SECRET_FILE, EnvSchema, loadConfig, redactedConfig } from '../src/config.ts'
 
 const SECRET = 'a-test-secret-that-is-long-enough-32b'
+/** The Redis-first deployment's pair (mode redis). */
+const REDIS_MODE = { REDIS_URL: 'redis://127.0.0.1:6379', DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/quota' }
 
 /**
  * The variable named by the ConfigError `fn` throws; anything else (no throw, another error
@@ -31,11 +33,11 @@ t.test('defaults are those of DESIGN.md 1.3', async (t) => {
   const cwd = t.testdir()
   const config = loadConfig({}, { cwd })
   t.match(config, {
+    mode: 'embedded',
+    dataDir: join(cwd, 'data'),
     port: 8000,
     host: '127.0.0.1',
-    redisUrl: 'redis://127.0.0.1:6379',
     redisKeyPrefix: 'quota:',
-    databaseUrl: 'postgres://postgres@127.0.0.1:5432/quota',
     usageFailMode: 'closed',
     redisCommandTimeoutMs: 250,
     flushIntervalMs: 1000,
@@ -45,6 +47,53 @@ t.test('defaults are those of DESIGN.md 1.3', async (t) => {
     production: false,
   })
   t.equal(config.jwt.source, 'dev-secret-file')
+  // No Redis or Postgres address is assumed: embedded mode needs none.
+  t.equal(config.redisUrl, undefined)
+  t.equal(config.databaseUrl, undefined)
+  t.equal(config.embeddedPgPort, undefined)
+})
+
+t.test('the mode follows from REDIS_URL, REDIS_CLUSTER_NODES and DATABASE_URL (DESIGN.md 1.10)', async (t) => {
+  const cwd = t.testdir()
+  const env = { JWT_SECRET: SECRET }
+  t.match(loadConfig({ ...env, ...REDIS_MODE }, { cwd }), { mode: 'redis', ...{ redisUrl: REDIS_MODE.REDIS_URL, databaseUrl: REDIS_MODE.DATABASE_URL } })
+  t.equal(loadConfig({ ...env, ...REDIS_MODE }, { cwd }).dataDir, undefined, 'no data folder in mode redis')
+  t.match(loadConfig(env, { cwd }), { mode: 'embedded', dataDir: join(cwd, 'data') })
+  t.match(loadConfig({ ...env, QUOTA_DATA_DIR: 'state/q', EMBEDDED_PG_PORT: '5499' }, { cwd }),
+    { mode: 'embedded', dataDir: join(cwd, 'state/q'), embeddedPgPort: 5499 }, 'a relative folder is resolved from the working directory')
+  t.match(loadConfig({ ...env, QUOTA_DATA_DIR: '/var/lib/quota' }, { cwd }), { dataDir: '/var/lib/quota' })
+
+  // Half a Redis deployment stops the start, naming what is missing: never a silent fallback.
+  const message = (fn: () => unknown): string => {
+    try {
+      fn()
+      return '(accepted)'
+    } catch (err) {
+      return (err as Error).message
+    }
+  }
+  t.equal(refusal(() => loadConfig({ ...env, REDIS_URL: REDIS_MODE.REDIS_URL }, { cwd })), 'DATABASE_URL')
+  t.match(message(() => loadConfig({ ...env, REDIS_URL: REDIS_MODE.REDIS_URL }, { cwd })), /DATABASE_URL: is required with REDIS_URL/)
+  t.equal(refusal(() => loadConfig({ ...env, REDIS_CLUSTER_NODES: 'r1:7000,r2:7000' }, { cwd })), 'DATABASE_URL')
+  t.equal(refusal(() => loadConfig({ ...env, DATABASE_URL: REDIS_MODE.DATABASE_URL }, { cwd })), 'REDIS_URL')
+  t.match(message(() => loadConfig({ ...env, DATABASE_URL: REDIS_MODE.DATABASE_URL }, { cwd })), /REDIS_URL: is required with DATABASE_URL/)
+  t.equal(refusal(() => loadConfig({ ...env, ...REDIS_MODE, REDIS_CLUSTER_NODES: 'r1:7000' }, { cwd })), 'REDIS_CLUSTER_NODES', 'not both Redis variables')
+  t.equal(refusal(() => loadConfig({ ...env, ...REDIS_MODE, QUOTA_DATA_DIR: 'data' }, { cwd })), 'QUOTA_DATA_DIR', 'embedded variables refused in mode redis')
+  t.equal(refusal(() => loadConfig({ ...env, ...REDIS_MODE, EMBEDDED_PG_PORT: '5499' }, { cwd })), 'EMBEDDED_PG_PORT')
+  t.equal(refusal(() => loadConfig({ ...env, EMBEDDED_PG_PORT: '0' }, { cwd })), 'EMBEDDED_PG_PORT')
+  t.equal(refusal(() => loadConfig({ ...env, REDIS_CLUSTER_NODES: 'no-port' }, { cwd })), 'REDIS_CLUSTER_NODES')
+
+  // Cluster mode is named by the contract, not built yet: refused in one line that says so.
+  const cluster = { ...env, REDIS_CLUSTER_NODES: 'r1:7000,r2:7000', DATABASE_URL: REDIS_MODE.DATABASE_URL }
+  t.equal(refusal(() => loadConfig(cluster, { cwd })), 'REDIS_CLUSTER_NODES')
+  t.match(message(() => loadConfig(cluster, { cwd })), /cluster mode is not available in this version/)
+
+  // Production: embedded mode only when chosen deliberately, with QUOTA_DATA_DIR.
+  const production = { NODE_ENV: 'production', JWT_SECRET: SECRET }
+  t.equal(refusal(() => loadConfig(production, { cwd })), 'QUOTA_DATA_DIR')
+  t.match(loadConfig({ ...production, QUOTA_DATA_DIR: '/srv/quota' }, { cwd }), { mode: 'embedded', dataDir: '/srv/quota', production: true })
+  t.match(loadConfig({ ...production, ...REDIS_MODE }, { cwd }), { mode: 'redis', production: true })
+  t.notOk(existsSync(join(cwd, DEV_SECRET_FILE)), 'JWT_SECRET given throughout: no dev secret file')
 })
 
 t.test('valid values are read', async (t) => {
@@ -84,8 +133,8 @@ t.test('each invalid value is refused with a ConfigError naming the variable', a
     ['REDIS_KEY_PREFIX', 'has{brace}'],
   ]
   for (const [name, value] of cases) {
-    // A valid secret besides, so the failure can only come from the variable under test.
-    const env = name === 'JWT_SECRET' ? { [name]: value } : { JWT_SECRET: SECRET, [name]: value }
+    // A valid secret and mode besides, so the failure can only come from the variable under test.
+    const env = name === 'JWT_SECRET' ? { [name]: value } : { JWT_SECRET: SECRET, ...REDIS_MODE, [name]: value }
     t.equal(refusal(() => loadConfig(env, { cwd })), name, `${name}=${JSON.stringify(value)} refused`)
   }
   t.notOk(existsSync(join(cwd, DEV_SECRET_FILE)), 'no dev secret written while refusing')
@@ -93,13 +142,13 @@ t.test('each invalid value is refused with a ConfigError naming the variable', a
 
 t.test('NODE_ENV=production requires JWT_SECRET or JWT_PUBLIC_KEY', async (t) => {
   const cwd = t.testdir()
-  t.equal(refusal(() => loadConfig({ NODE_ENV: 'production' }, { cwd })), 'JWT_SECRET')
+  t.equal(refusal(() => loadConfig({ NODE_ENV: 'production', ...REDIS_MODE }, { cwd })), 'JWT_SECRET')
   t.notOk(existsSync(join(cwd, DEV_SECRET_FILE)), 'production never falls back to a dev secret file')
-  t.equal(loadConfig({ NODE_ENV: 'production', JWT_SECRET: SECRET }, { cwd }).production, true)
+  t.equal(loadConfig({ NODE_ENV: 'production', ...REDIS_MODE, JWT_SECRET: SECRET }, { cwd }).production, true)
 
   const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
   const pem = publicKey.export({ type: 'spki', format: 'pem' }).toString()
-  const config = loadConfig({ NODE_ENV: 'production', JWT_PUBLIC_KEY: pem }, { cwd })
+  const config = loadConfig({ NODE_ENV: 'production', ...REDIS_MODE, JWT_PUBLIC_KEY: pem }, { cwd })
   t.equal(config.jwt.source, 'JWT_PUBLIC_KEY')
   t.equal(config.jwt.publicKey, pem)
   // Env files often hold the PEM on one line with literal "\n".

@@ -10,8 +10,9 @@ import { checkRedis } from '../src/preflight.ts'
 import { startRedisServer } from './helpers/redis-server.ts'
 
 const secret = randomBytes(32).toString('base64url')
+// DATABASE_URL only completes mode redis: checkRedis never touches Postgres.
 const config = (redisUrl: string, env: Record<string, string> = {}) =>
-  loadConfig({ REDIS_URL: redisUrl, JWT_SECRET: secret, ...env })
+  loadConfig({ REDIS_URL: redisUrl, DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/quota', JWT_SECRET: secret, ...env })
 
 t.test('production refuses a Redis without persistence, naming the fix', async (t) => {
   const redis = await startRedisServer(t)

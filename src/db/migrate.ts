@@ -3,13 +3,15 @@
  * reviewed down script in `drizzle/down/`. Applied migrations are recorded in drizzle's own table
  * (`drizzle.__drizzle_migrations`, same hash and timestamp columns), so drizzle-kit agrees with us.
  * Every migration runs in its own transaction, under an advisory lock so replicas starting
- * together do not race.
+ * together do not race. The target is a connection string, or a pool: embedded mode passes its
+ * PGlite pool, whose connect() holds the one session for the whole run.
  */
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { join } from 'node:path'
 import { readMigrationFiles } from 'drizzle-orm/migrator'
 import pg from 'pg'
+import type { Pool } from './client.ts'
 
 export const MIGRATIONS_FOLDER = fileURLToPath(new URL('../../drizzle', import.meta.url))
 const LOCK_ID = 0x71756f74 // "quot"
@@ -38,10 +40,23 @@ function splitStatements(text: string): string[] {
   return text.split('--> statement-breakpoint').map((s) => s.trim()).filter((s) => s.length > 0)
 }
 
-async function withLockedClient<T>(databaseUrl: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: databaseUrl, options: '-c timezone=UTC' })
+/** A connection string, or a pool to take one client from for the whole run. */
+export type MigrationTarget = string | Pool
+type Session = Pick<pg.ClientBase, 'query'>
+
+async function openSession(target: MigrationTarget): Promise<{ client: Session; close(): Promise<void> }> {
+  if (typeof target !== 'string') {
+    const client = await target.connect()
+    return { client, close: async () => client.release() }
+  }
+  const client = new pg.Client({ connectionString: target, options: '-c timezone=UTC' })
   client.on('error', () => {})
   await client.connect()
+  return { client, close: () => client.end().catch(() => {}) }
+}
+
+async function withLockedClient<T>(target: MigrationTarget, fn: (client: Session) => Promise<T>): Promise<T> {
+  const { client, close } = await openSession(target)
   try {
     await client.query('SELECT pg_advisory_lock($1)', [LOCK_ID])
     await client.query('CREATE SCHEMA IF NOT EXISTS drizzle')
@@ -50,11 +65,11 @@ async function withLockedClient<T>(databaseUrl: string, fn: (client: pg.Client) 
     return await fn(client)
   } finally {
     await client.query('SELECT pg_advisory_unlock($1)', [LOCK_ID]).catch(() => {})
-    await client.end().catch(() => {})
+    await close()
   }
 }
 
-async function appliedRows(client: pg.Client): Promise<Map<number, string>> {
+async function appliedRows(client: Session): Promise<Map<number, string>> {
   const { rows } = await client.query<{ hash: string; created_at: string }>(
     'SELECT hash, created_at FROM drizzle.__drizzle_migrations ORDER BY created_at',
   )
@@ -78,8 +93,8 @@ function describe(folder: string, applied: Map<number, string>): MigrationInfo[]
 }
 
 /** Applies every pending migration in order. Returns the tags applied. */
-export async function migrate(databaseUrl: string, folder: string = MIGRATIONS_FOLDER): Promise<string[]> {
-  return withLockedClient(databaseUrl, async (client) => {
+export async function migrate(target: MigrationTarget, folder: string = MIGRATIONS_FOLDER): Promise<string[]> {
+  return withLockedClient(target, async (client) => {
     const applied = await appliedRows(client)
     const files = readMigrationFiles({ migrationsFolder: folder })
     const done: string[] = []
@@ -108,13 +123,13 @@ export async function migrate(databaseUrl: string, folder: string = MIGRATIONS_F
 }
 
 /** Applied and pending migrations, in order. */
-export async function status(databaseUrl: string, folder: string = MIGRATIONS_FOLDER): Promise<MigrationInfo[]> {
-  return withLockedClient(databaseUrl, async (client) => describe(folder, await appliedRows(client)))
+export async function status(target: MigrationTarget, folder: string = MIGRATIONS_FOLDER): Promise<MigrationInfo[]> {
+  return withLockedClient(target, async (client) => describe(folder, await appliedRows(client)))
 }
 
 /** Reverts the latest applied migration with its down script. Returns its tag, or null if none. */
-export async function rollback(databaseUrl: string, folder: string = MIGRATIONS_FOLDER): Promise<string | null> {
-  return withLockedClient(databaseUrl, async (client) => {
+export async function rollback(target: MigrationTarget, folder: string = MIGRATIONS_FOLDER): Promise<string | null> {
+  return withLockedClient(target, async (client) => {
     const infos = describe(folder, await appliedRows(client))
     const latest = infos.filter((m) => m.applied).at(-1)
     if (!latest) return null

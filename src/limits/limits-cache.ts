@@ -8,9 +8,9 @@
  */
 import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
-import { CHANGE_CHANNEL } from '../db/changes.ts'
-import { createClient } from '../db/client.ts'
-import type { Client, Pool } from '../db/client.ts'
+import { CHANGE_CHANNEL, subscribeChanges } from '../db/changes.ts'
+import type { ChangeSubscription } from '../db/changes.ts'
+import type { Pool } from '../db/client.ts'
 import { ensureUser, getUser } from '../db/users.ts'
 import type { UserRow } from '../db/users.ts'
 import { loadAllTierLimits } from './tier-limits.ts'
@@ -20,8 +20,11 @@ export { CHANGE_CHANNEL }
 
 export interface LimitsCacheOptions {
   pool: Pool
-  /** Connection string for the LISTEN connection. */
-  databaseUrl: string
+  /**
+   * Connection string for the LISTEN connection. Not needed with embedded mode's pool: it
+   * listens in-process (db/changes.ts).
+   */
+  databaseUrl?: string
   /** Tier of users first seen. @default 'free' */
   defaultTier?: string
   logger?: Pick<Logger, 'info' | 'warn' | 'debug'>
@@ -37,14 +40,14 @@ export interface LimitsCacheOptions {
 
 export class LimitsCache {
   readonly #pool: Pool
-  readonly #databaseUrl: string
+  readonly #databaseUrl: string | undefined
   readonly #defaultTier: string
   readonly #logger: LimitsCacheOptions['logger']
   readonly #users: LRUCache<string, string>
   readonly #limitsReloadMs: number
   readonly #reconnectDelayMs: number
   #tiers = new Map<string, TierLimits>()
-  #listener: Client | undefined
+  #listener: ChangeSubscription | undefined
   #reloadTimer: NodeJS.Timeout | undefined
   #reconnectTimer: NodeJS.Timeout | undefined
   #closed = false
@@ -82,7 +85,7 @@ export class LimitsCache {
     const listener = this.#listener
     this.#listener = undefined
     this.#listening = false
-    if (listener) await listener.end().catch(() => {})
+    if (listener) await listener.close().catch(() => {})
   }
 
   /** True while the LISTEN connection is up (changes arrive at once). */
@@ -169,19 +172,20 @@ export class LimitsCache {
   }
 
   async #listen(): Promise<void> {
-    const client = createClient(this.#databaseUrl, (err) => {
-      this.#logger?.warn({ err: err.message }, 'postgres LISTEN connection error')
+    // Set once subscribed: an end reported before that belongs to a failed attempt, retried by the caller.
+    const mine: { subscription?: ChangeSubscription } = {}
+    const subscription = await subscribeChanges(this.#pool, this.#databaseUrl, {
+      onPayload: (payload) => this.#onNotification(payload),
+      onError: (err) => this.#logger?.warn({ err: err.message }, 'postgres LISTEN connection error'),
+      onEnd: () => {
+        if (mine.subscription === undefined || this.#listener !== mine.subscription) return
+        this.#listener = undefined
+        this.#listening = false
+        if (!this.#closed) this.#scheduleReconnect()
+      },
     })
-    client.on('notification', (msg) => this.#onNotification(msg.payload ?? ''))
-    client.on('end', () => {
-      if (this.#listener !== client) return
-      this.#listener = undefined
-      this.#listening = false
-      if (!this.#closed) this.#scheduleReconnect()
-    })
-    await client.connect()
-    await client.query(`LISTEN ${CHANGE_CHANNEL}`)
-    this.#listener = client
+    mine.subscription = subscription
+    this.#listener = subscription
     this.#listening = true
   }
 

@@ -81,7 +81,7 @@ t.test('/ready: 200 when Redis and Postgres answer', async (t) => {
   const { app } = await proxiedApp(t)
   const res = await app.inject({ url: '/ready' })
   t.equal(res.statusCode, 200)
-  t.same(res.json(), { status: 'ready', checks: { redis: 'ok', postgres: 'ok' } })
+  t.same(res.json(), { status: 'ready', mode: 'redis', checks: { redis: 'ok', postgres: 'ok' } })
 })
 
 t.test('/ready: 503 naming redis when Redis is gone', async (t) => {
@@ -97,7 +97,7 @@ t.test('/ready: 503 naming redis when Redis is gone', async (t) => {
 
 t.test("/ready: 503 naming redis when the app's own client quit, though Redis itself is up", async (t) => {
   const { app } = await buildTestApp(t)
-  await app.redis.quit()
+  await app.redis?.quit()
   const res = await app.inject({ url: '/ready' })
   t.equal(res.statusCode, 503)
   t.equal(envelope(res.body).message, 'redis is down')

@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { createTestDatabase } from '../helpers/database.ts'
-import { createTestRedis } from '../helpers/redis.ts'
+import { TEST_REDIS_URL, createTestRedis } from '../helpers/redis.ts'
 import { startService } from '../helpers/service-process.ts'
 import { signToken } from '../helpers/tokens.ts'
 
@@ -50,7 +50,7 @@ t.test('the spec lists the three curl commands this test runs', async (t) => {
 t.test('spec curl commands against the real server', async (t) => {
   const db = await createTestDatabase(t)
   const redis = createTestRedis(t) // its key prefix is emptied at teardown
-  const svc = await startService(t, { DATABASE_URL: db.url, REDIS_KEY_PREFIX: redis.prefix, FLUSH_INTERVAL_MS: String(FLUSH_MS) })
+  const svc = await startService(t, { DATABASE_URL: db.url, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: redis.prefix, FLUSH_INTERVAL_MS: String(FLUSH_MS) })
   const secret = svc.env.JWT_SECRET as string
   const userId = randomUUID()
   const userToken = signToken({ sub: userId, secret, username: 'spec-curl-user' })

@@ -102,10 +102,12 @@ t.test('midnight: two days, two rows, the day closed once, storage carried over'
 
   // Day 1 is done in Redis: nothing dirty, and its hash expires by itself.
   const keys = new KeySpace(prefix)
-  const ttl = await app.redis.ttl(keys.day(a.id, DAY1))
+  const redis = app.redis
+  if (!redis) throw new Error('the test app runs in mode redis')
+  const ttl = await redis.ttl(keys.day(a.id, DAY1))
   t.ok(ttl > 0 && ttl <= 3 * 86_400, `day 1's hash expires by itself (ttl ${ttl} s)`)
-  t.equal(await app.redis.zscore(keys.dirty(bucketOf(a.id)), dirtyMember(a.id, DAY1)), null, "A's day 1 is not dirty")
-  t.equal(await app.redis.zscore(keys.dirty(bucketOf(b.id)), dirtyMember(b.id, DAY1)), null, "B's day 1 is not dirty")
+  t.equal(await redis.zscore(keys.dirty(bucketOf(a.id)), dirtyMember(a.id, DAY1)), null, "A's day 1 is not dirty")
+  t.equal(await redis.zscore(keys.dirty(bucketOf(b.id)), dirtyMember(b.id, DAY1)), null, "B's day 1 is not dirty")
 
   // Once per day, whatever happens.
   t.equal(await scheduler.tick(), null, 'a second tick does nothing')

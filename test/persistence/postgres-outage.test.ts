@@ -18,7 +18,7 @@ import { dirtyCount } from '../helpers/counters.ts'
 import { byUser, createUsers, startLoad, usageTotals } from '../helpers/load.ts'
 import { waitUntil } from '../helpers/net.ts'
 import { startPostgresServer } from '../helpers/postgres-server.ts'
-import { createTestRedis } from '../helpers/redis.ts'
+import { TEST_REDIS_URL, createTestRedis } from '../helpers/redis.ts'
 import { startService } from '../helpers/service-process.ts'
 
 const OUTAGE_MS = 10_000
@@ -29,6 +29,7 @@ t.test('Postgres stopped for 10 s under load: nothing fails, nothing is lost', a
   // The service creates the database and migrates it on start (npm start does the same).
   const svc = await startService(t, {
     DATABASE_URL: postgres.url('quota'),
+    REDIS_URL: TEST_REDIS_URL,
     REDIS_KEY_PREFIX: redis.prefix,
     FLUSH_INTERVAL_MS: '500',
     LOG_LEVEL: 'info',

@@ -14,7 +14,7 @@ import { dirtyCount } from '../helpers/counters.ts'
 import { createTestDatabase } from '../helpers/database.ts'
 import { byUser, createUsers, startLoad, usageTotals } from '../helpers/load.ts'
 import { waitUntil } from '../helpers/net.ts'
-import { createTestRedis } from '../helpers/redis.ts'
+import { TEST_REDIS_URL, createTestRedis } from '../helpers/redis.ts'
 import { startService } from '../helpers/service-process.ts'
 import type { ServiceProcess } from '../helpers/service-process.ts'
 
@@ -23,7 +23,7 @@ const LEADER_LINE = 'this replica now runs the scheduled jobs'
 t.test('two replicas: exact totals, one leader, takeover after kill -9', async (t) => {
   const db = await createTestDatabase(t)
   const redis = createTestRedis(t)
-  const env = { DATABASE_URL: db.url, REDIS_KEY_PREFIX: redis.prefix, FLUSH_INTERVAL_MS: '500', LOG_LEVEL: 'info' }
+  const env = { DATABASE_URL: db.url, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: redis.prefix, FLUSH_INTERVAL_MS: '500', LOG_LEVEL: 'info' }
   const a = await startService(t, env)
   const b = await startService(t, { ...env, JWT_SECRET: a.env.JWT_SECRET })
   const users = await createUsers(db.pool, a.env.JWT_SECRET as string, 8)

@@ -13,7 +13,7 @@ import { dirtyCount, redisTotals } from '../helpers/counters.ts'
 import { createTestDatabase } from '../helpers/database.ts'
 import { byUser, createUsers, startLoad, usageTotals } from '../helpers/load.ts'
 import { waitUntil } from '../helpers/net.ts'
-import { createTestRedis } from '../helpers/redis.ts'
+import { TEST_REDIS_URL, createTestRedis } from '../helpers/redis.ts'
 import { startService } from '../helpers/service-process.ts'
 
 const FLUSH_INTERVAL_MS = 1000
@@ -21,7 +21,7 @@ const FLUSH_INTERVAL_MS = 1000
 t.test('SIGKILL under load: the next process flushes what the dead one left dirty', async (t) => {
   const db = await createTestDatabase(t)
   const redis = createTestRedis(t)
-  const env = { DATABASE_URL: db.url, REDIS_KEY_PREFIX: redis.prefix, FLUSH_INTERVAL_MS: String(FLUSH_INTERVAL_MS) }
+  const env = { DATABASE_URL: db.url, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: redis.prefix, FLUSH_INTERVAL_MS: String(FLUSH_INTERVAL_MS) }
   const first = await startService(t, env)
   const users = await createUsers(db.pool, first.env.JWT_SECRET as string, 6)
   const ids = users.map((u) => u.id)

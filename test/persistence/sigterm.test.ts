@@ -16,7 +16,7 @@ import type { Test } from 'tap'
 import { byUser, createUsers, startLoad, usageTotals } from '../helpers/load.ts'
 import { createTestDatabase } from '../helpers/database.ts'
 import { dirtyCount, redisTotals } from '../helpers/counters.ts'
-import { createTestRedis } from '../helpers/redis.ts'
+import { TEST_REDIS_URL, createTestRedis } from '../helpers/redis.ts'
 import { startService } from '../helpers/service-process.ts'
 
 async function sigtermUnderLoad(t: Test, viaNpm: boolean): Promise<void> {
@@ -24,7 +24,7 @@ async function sigtermUnderLoad(t: Test, viaNpm: boolean): Promise<void> {
   const redis = createTestRedis(t)
   const svc = await startService(
     t,
-    { DATABASE_URL: db.url, REDIS_KEY_PREFIX: redis.prefix, FLUSH_INTERVAL_MS: '1000' },
+    { DATABASE_URL: db.url, REDIS_URL: TEST_REDIS_URL, REDIS_KEY_PREFIX: redis.prefix, FLUSH_INTERVAL_MS: '1000' },
     { viaNpm },
   )
   const users = await createUsers(db.pool, svc.env.JWT_SECRET as string, 6)

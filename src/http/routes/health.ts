@@ -9,6 +9,8 @@ import type { Pool } from '../../db/client.ts'
 import { errorBody } from '../errors.ts'
 
 export interface HealthRoutesOptions {
+  /** The deployment mode, named by /ready. @default 'redis' */
+  mode?: 'redis' | 'embedded'
   /** Probes the counter store's own connection (rejects when it cannot decide now). */
   pingCounters: () => Promise<unknown>
   pool: Pool
@@ -35,21 +37,27 @@ async function check(probe: () => Promise<unknown>, ms: number): Promise<{ state
 }
 
 const HealthReply = Type.Object({ status: Type.Literal('ok') })
+const State = Type.Union([Type.Literal('ok'), Type.Literal('down')])
+// The counters' check is named where they live: `redis`, or `memory` in embedded mode (no Redis).
+const Checks = <T extends typeof State | ReturnType<typeof Type.Literal<'ok'>>>(state: T) =>
+  Type.Object({ redis: Type.Optional(state), memory: Type.Optional(state), postgres: state })
 const ReadyReply = Type.Object({
   status: Type.Literal('ready'),
-  checks: Type.Object({ redis: Type.Literal('ok'), postgres: Type.Literal('ok') }),
+  mode: Type.Union([Type.Literal('redis'), Type.Literal('embedded')]),
+  checks: Checks(Type.Literal('ok')),
 })
-const State = Type.Union([Type.Literal('ok'), Type.Literal('down')])
 const NotReadyReply = Type.Object({
   detail: Type.Object({
     error: Type.String(),
     message: Type.String(),
-    checks: Type.Object({ redis: State, postgres: State }),
+    checks: Checks(State),
   }),
 })
 
 export default async function healthRoutes(app: FastifyInstance, options: HealthRoutesOptions): Promise<void> {
   const { pingCounters, pool } = options
+  const mode = options.mode ?? 'redis'
+  const counters = mode === 'embedded' ? 'memory' : 'redis'
   const ms = options.probeTimeoutMs ?? 1000
 
   app.get('/health', { schema: { response: { 200: HealthReply } } }, async () => ({ status: 'ok' as const }))
@@ -60,10 +68,12 @@ export default async function healthRoutes(app: FastifyInstance, options: Health
       // A query on the pool, not a new connection: proves the pool itself can still reach Postgres.
       check(() => pool.query('SELECT 1'), ms),
     ])
-    const checks = { redis: r.state, postgres: p.state }
-    if (r.state === 'ok' && p.state === 'ok') return { status: 'ready' as const, checks: { redis: 'ok' as const, postgres: 'ok' as const } }
-    const down = [r.state === 'down' && 'redis', p.state === 'down' && 'postgres'].filter(Boolean)
-    request.log.warn({ checks, redis: r.reason, postgres: p.reason }, 'not ready')
+    const checks = { [counters]: r.state, postgres: p.state }
+    if (r.state === 'ok' && p.state === 'ok') {
+      return { status: 'ready' as const, mode, checks: { [counters]: 'ok' as const, postgres: 'ok' as const } }
+    }
+    const down = [r.state === 'down' && counters, p.state === 'down' && 'postgres'].filter(Boolean)
+    request.log.warn({ checks, [counters]: r.reason, postgres: p.reason }, 'not ready')
     return reply
       .code(503)
       .header('Retry-After', '1')
