@@ -11,6 +11,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Teardownable } from './database.ts'
 import { cleanEnv, freePort, waitUntil, withoutTapHooks } from './net.ts'
@@ -27,6 +28,11 @@ export interface ServiceOptions {
   noWait?: boolean
   /** Script node runs instead of src/server.ts (tests of this helper). Ignored with viaNpm. */
   entry?: string
+  /**
+   * Working directory of the process. @default the repository root. Elsewhere (embedded mode's
+   * default ./data folder), node runs the repository's src/server.ts with tsx resolved from here.
+   */
+  cwd?: string
 }
 
 export interface ExitStatus {
@@ -70,13 +76,17 @@ export async function startService(
     ...Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined)),
     PORT: String(port),
   }
+  const elsewhere = options.cwd !== undefined
   const [file, args] = options.viaNpm === true
     ? ['npm', ['start', '--silent']]
-    : [process.execPath, ['--import', 'tsx', options.entry ?? 'src/server.ts']]
+    : [process.execPath, [
+        '--import', elsewhere ? import.meta.resolve('tsx') : 'tsx',
+        elsewhere ? join(REPO_ROOT, options.entry ?? 'src/server.ts') : options.entry ?? 'src/server.ts',
+      ]]
   const [command, argv] = withoutTapHooks(file, args, serviceEnv.NODE_OPTIONS)
   // detached: own process group, so teardown can SIGKILL npm *and* the node it started.
   const child = spawn(command, argv, {
-    cwd: REPO_ROOT,
+    cwd: options.cwd ?? REPO_ROOT,
     env: cleanEnv(serviceEnv),
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
