@@ -70,6 +70,8 @@ export class EmbeddedPool {
   /** PGlite's parsers replaced by "keep the text", for every type it knows (arrays included). */
   #rawText: Record<number, (value: string) => string> = {}
   #ended = false
+  /** LISTENers by channel: also told of NOTIFYs raised by wire-protocol clients (serveEmbeddedDatabase). */
+  readonly #listeners = new Map<string, Set<(payload: string) => void>>()
   /** Read by engine.ts's connectionString(): an embedded pool has none (no LISTEN connection to open). */
   readonly options: { connectionString?: string } = {}
 
@@ -178,9 +180,18 @@ export class EmbeddedPool {
    */
   async listen(channel: string, onPayload: (payload: string) => void): Promise<() => Promise<void>> {
     const unlisten = await this.#db.listen(channel, onPayload)
+    let set = this.#listeners.get(channel)
+    if (!set) this.#listeners.set(channel, (set = new Set()))
+    set.add(onPayload)
     return async () => {
+      set.delete(onPayload)
       if (!this.#ended) await unlisten()
     }
+  }
+
+  /** A NOTIFY seen in a wire-protocol client's answer: PGlite tells its own listeners only of its own queries'. */
+  notifyFromWire(channel: string, payload: string): void {
+    for (const listener of this.#listeners.get(channel) ?? []) listener(payload)
   }
 }
 
@@ -229,7 +240,55 @@ export async function openEmbeddedDatabase(dataDir: string): Promise<EmbeddedPoo
  */
 export async function serveEmbeddedDatabase(pool: EmbeddedPool, port: number): Promise<() => Promise<void>> {
   const { PGLiteSocketServer } = await import('@electric-sql/pglite-socket')
-  const server = new PGLiteSocketServer({ db: pool.db, port, host: '127.0.0.1', maxConnections: 8 })
+  const db = pool.db
+  // The server runs clients' messages through execProtocolRawStream, where PGlite does not call
+  // its listeners: a trigger's NOTIFY from `UPDATE users ...` in psql would reach psql only, and
+  // the limits cache would keep the old tier. The answers are read for NotificationResponse
+  // messages, which go to the pool's listeners as well.
+  const watched = new Proxy(db, {
+    get(target, prop) {
+      if (prop === 'execProtocolRawStream') {
+        return async (message: Uint8Array, options: { onRawData: (data: Uint8Array) => void }) => {
+          const chunks: Uint8Array[] = []
+          const result = await target.execProtocolRawStream(message, {
+            ...options,
+            onRawData: (data: Uint8Array) => {
+              chunks.push(data.slice())
+              options.onRawData(data)
+            },
+          })
+          for (const { channel, payload } of notifications(Buffer.concat(chunks))) pool.notifyFromWire(channel, payload)
+          return result
+        }
+      }
+      const value: unknown = Reflect.get(target, prop, target)
+      // PGlite's methods use private fields: they must run on the instance itself.
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value
+    },
+  })
+  const server = new PGLiteSocketServer({ db: watched, port, host: '127.0.0.1', maxConnections: 8 })
   await server.start()
   return () => server.stop()
+}
+
+/** The NotificationResponse ('A') messages in a stream of backend messages. */
+function notifications(data: Buffer): { channel: string; payload: string }[] {
+  const found: { channel: string; payload: string }[] = []
+  let at = 0
+  while (at + 5 <= data.length) {
+    const type = data[at]
+    const length = data.readInt32BE(at + 1)
+    const end = at + 1 + length
+    if (length < 4 || end > data.length) break
+    if (type === 0x41) {
+      // Int32 sender pid, then channel and payload as NUL-terminated strings.
+      const channelEnd = data.indexOf(0, at + 9)
+      const payloadEnd = data.indexOf(0, channelEnd + 1)
+      if (channelEnd > 0 && payloadEnd > 0 && payloadEnd < end) {
+        found.push({ channel: data.toString('utf8', at + 9, channelEnd), payload: data.toString('utf8', channelEnd + 1, payloadEnd) })
+      }
+    }
+    at = end
+  }
+  return found
 }

@@ -15,7 +15,7 @@ import pg from 'pg'
 import { Redis } from 'ioredis'
 import t from 'tap'
 import { BASE_URL } from '../helpers/database.ts'
-import { cleanEnv, withoutTapHooks } from '../helpers/net.ts'
+import { cleanEnv, freePort, withoutTapHooks } from '../helpers/net.ts'
 import { TEST_REDIS_URL, closeRedis } from '../helpers/redis.ts'
 import { REPO_ROOT, startService } from '../helpers/service-process.ts'
 import type { ServiceProcess } from '../helpers/service-process.ts'
@@ -57,6 +57,17 @@ async function databases(): Promise<string[]> {
 function sql(cwd: string, query: string, env: Record<string, string | undefined> = {}): Promise<{ code: number | null; out: string }> {
   const [command, argv] = withoutTapHooks(process.execPath, ['--import', import.meta.resolve('tsx'), join(REPO_ROOT, 'scripts/sql.ts'), query])
   const child = spawn(command, argv, { cwd, env: cleanEnv({ ...NO_SERVERS, ...env }), stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  child.stdout.on('data', (b: Buffer) => (out += b.toString()))
+  child.stderr.on('data', (b: Buffer) => (out += b.toString()))
+  return new Promise((resolve) => child.once('exit', (code) => resolve({ code, out })))
+}
+
+/** psql against the embedded database the service serves on `port`. */
+function psql(port: number, query: string): Promise<{ code: number | null; out: string }> {
+  const child = spawn('psql', ['-X', '-v', 'ON_ERROR_STOP=1', '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', 'postgres', '-c', query], {
+    env: cleanEnv({ PGPASSWORD: undefined, PGDATABASE: undefined }), stdio: ['ignore', 'pipe', 'pipe'],
+  })
   let out = ''
   child.stdout.on('data', (b: Buffer) => (out += b.toString()))
   child.stderr.on('data', (b: Buffer) => (out += b.toString()))
@@ -146,4 +157,57 @@ t.test('half a Redis deployment and cluster mode are refused with one line', asy
   t.same(await cluster.waitForExit(30_000), { code: 1, signal: null })
   t.match(cluster.output(), /cluster mode is not available in this version/)
   t.notOk(existsSync(join(cwd, 'data')), 'no data folder was created by a refused start')
+})
+
+// The spec's monitoring queries, verbatim (test/db/spec-queries.test.ts checks their answers).
+const TOP_USERS = `SELECT u.username, du.deployments_created, du.api_calls
+FROM daily_usage du
+JOIN users u ON du.user_id = u.id
+WHERE du.date = CURRENT_DATE
+ORDER BY du.api_calls DESC
+LIMIT 10;`
+const NEAR_LIMITS = `SELECT u.username, u.tier,
+       du.deployments_created, ul.max_deployments_per_day,
+       du.api_calls, ul.max_api_calls_per_day
+FROM daily_usage du
+JOIN users u ON du.user_id = u.id
+JOIN usage_limits ul ON u.tier = ul.tier
+WHERE du.date = CURRENT_DATE
+  AND (du.deployments_created > ul.max_deployments_per_day * 0.8
+    OR du.api_calls > ul.max_api_calls_per_day * 0.8);`
+
+t.test('EMBEDDED_PG_PORT: psql runs the spec\'s queries; a tier changed in plain SQL applies within 1 s', async (t) => {
+  const cwd = t.testdir()
+  const pgPort = await freePort()
+  const env = { ...NO_SERVERS, FLUSH_INTERVAL_MS: '200', EMBEDDED_PG_PORT: String(pgPort) }
+  const svc = await startService(t, env, { cwd, readyTimeoutMs: START_MS })
+  const id = randomUUID()
+  const token = signToken({ sub: id, secret: svc.env.JWT_SECRET as string, username: 'carol' })
+  t.same(await deploys(svc, token, 10), Array(10).fill(201))
+  t.equal(await deploy(svc, token), 429)
+  await sleep(600) // flushed
+
+  const top = await psql(pgPort, TOP_USERS)
+  t.equal(top.code, 0, top.out)
+  t.match(top.out, /carol\s+\|\s+10\s+\|\s+0/, 'top users: carol with 10 deployments')
+  const near = await psql(pgPort, NEAR_LIMITS)
+  t.equal(near.code, 0, near.out)
+  t.match(near.out, /carol\s+\| free\s+\|\s+10\s+\|\s+10/, 'near limits: carol at 10 of 10')
+
+  const viaSql = await sql(cwd, `SELECT tier FROM users WHERE id = '${id}'`, { EMBEDDED_PG_PORT: String(pgPort) })
+  t.equal(viaSql.code, 0, viaSql.out)
+  t.match(viaSql.out, /free/, 'npm run sql reaches the running service over EMBEDDED_PG_PORT')
+
+  const update = await psql(pgPort, `UPDATE users SET tier = 'pro' WHERE id = '${id}';`)
+  t.equal(update.code, 0, update.out)
+  const changedAt = Date.now()
+  let status = 429
+  while (status === 429 && Date.now() - changedAt < 1000) {
+    status = await deploy(svc, token)
+    if (status === 429) await sleep(50)
+  }
+  t.equal(status, 201, `the pro tier applies within 1 s (${Date.now() - changedAt} ms)`)
+
+  svc.signal('SIGTERM')
+  t.same(await svc.waitForExit(15_000), { code: 0, signal: null })
 })
