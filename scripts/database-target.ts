@@ -1,9 +1,10 @@
 /**
  * The database the command-line tools (npm run sql, db:migrate, db:status, db:rollback) work on:
- * the one the service would use with the same environment (src/config.ts's mode rules).
+ * the one the service would use with the same environment.
  *
- *   mode redis       DATABASE_URL
- *   mode embedded    the data folder's database, opened in this process — refused while the
+ *   DATABASE_URL     that database. Only it matters here: a migration needs no Redis, so the
+ *                    tools do not insist on REDIS_URL as the service does.
+ *   none of the server variables (embedded mode): the data folder's database, opened in this process — refused while the
  *                    service holds the folder (one process per folder), unless EMBEDDED_PG_PORT
  *                    is set: the running service serves the database there, and the tool
  *                    connects to it over the wire instead.
@@ -44,12 +45,14 @@ export function embeddedServerUrl(port: number): string {
 }
 
 export async function openTarget(): Promise<DatabaseTarget> {
-  const cfg = config()
-  if (cfg.mode === 'redis' && cfg.databaseUrl !== undefined) {
-    const url = cfg.databaseUrl
+  const databaseUrl = process.env.DATABASE_URL?.trim()
+  if (databaseUrl) {
+    if (!/^postgres(ql)?:\/\//.test(databaseUrl)) throw new TargetError('DATABASE_URL must be a postgres: or postgresql: URL')
+    const url = databaseUrl
     const pool = createPool(url, { max: 1 })
     return { description: 'DATABASE_URL', pool, url, embedded: false, close: () => pool.end() }
   }
+  const cfg = config()
   const dataDir = cfg.dataDir as string
   let lock
   try {
