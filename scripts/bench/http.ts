@@ -22,6 +22,8 @@ export interface HttpOptions {
 export const VARIANTS = [
   { name: 'bare', path: '/bare', over: false },
   { name: 'quota', path: '/quota', over: false },
+  { name: 'quota + metrics', path: '/quota-metrics', over: false },
+  { name: 'quota embedded', path: '/quota-embedded', over: false },
   { name: '@fastify/rate-limit', path: '/frl', over: false },
   { name: 'rate-limiter-flexible', path: '/rlf', over: false },
   { name: 'quota (over limit)', path: '/quota', over: true },

@@ -50,12 +50,18 @@ export async function runLibrary(env: BenchEnv, options: LibraryOptions) {
     flush: false, scheduler: false, checkRedisSettings: false,
   })
   const { usage } = engine
+  // The embedded mode's engine: counters in this process (history on the same Postgres, touched
+  // only by a user's first seed and the flusher, whose timer is off here).
+  const embedded = await createQuotaEngine({
+    mode: 'embedded', database: pool, databaseUrl: env.db.url, clock: systemClock, flush: false, scheduler: false,
+  })
   const peerRedis = new Redis(env.redis.url)
   const rlf = new RateLimiterRedis({ storeClient: peerRedis, keyPrefix: `${env.prefix}rlf`, points: 2_000_000_000, duration: 86_400 })
   const stats = new Redis(env.redis.url)
   const users = env.users
   const variants = [
     { name: 'quota usage.consume', op: (i: number) => usage.consume(users[i % users.length] as string, { api_calls: 1 }) },
+    { name: 'quota embedded usage.consume', op: (i: number) => embedded.usage.consume(users[i % users.length] as string, { api_calls: 1 }) },
     { name: 'rate-limiter-flexible', op: (i: number) => rlf.consume(users[i % users.length] as string, 1) },
   ]
   const rounds: LibraryRound[] = []
@@ -82,6 +88,7 @@ export async function runLibrary(env: BenchEnv, options: LibraryOptions) {
     }
   } finally {
     await engine.close()
+    await embedded.close()
     redis.disconnect()
     peerRedis.disconnect()
     stats.disconnect()
@@ -97,7 +104,13 @@ export async function runLibrary(env: BenchEnv, options: LibraryOptions) {
       redisCmdsPerDecision: median(rs.map((r) => r.redisCmdsPerDecision)),
     }
   })
-  const quota = summary[0]
-  const peer = summary[1]
-  return { rounds, summary, ratio: quota && peer ? quota.decisionsPerS / peer.decisionsPerS : Number.NaN }
+  const byName = (name: string) => summary.find((v) => v.variant === name)?.decisionsPerS ?? Number.NaN
+  const quota = byName('quota usage.consume')
+  return {
+    rounds,
+    summary,
+    ratio: quota / byName('rate-limiter-flexible'),
+    /** Embedded (in-process store) decisions/s over the Redis store's, same run. */
+    embeddedRatio: byName('quota embedded usage.consume') / quota,
+  }
 }

@@ -78,7 +78,8 @@ try {
       ['variant', 'decisions/s', 'Node CPU µs/decision', 'Redis CPU µs/decision', 'Redis cmds/decision'],
       lib.summary.map((s) => [s.variant, fmt(s.decisionsPerS, 0), fmt(s.nodeCpuUsPerDecision), fmt(s.redisCpuUsPerDecision), fmt(s.redisCmdsPerDecision, 2)]),
     ))
-    console.log(`\nquota / rate-limiter-flexible decisions/s: ${fmt(lib.ratio, 2)}×\n`)
+    console.log(`\nquota / rate-limiter-flexible decisions/s: ${fmt(lib.ratio, 2)}×`)
+    console.log(`quota embedded / quota on Redis decisions/s: ${fmt(lib.embeddedRatio, 2)}×\n`)
   }
   if (sections.has('flusher')) {
     const users = smoke ? 2000 : 100_000
