@@ -17,48 +17,8 @@ import { previousDay } from '../../src/clock.ts'
 import { createTestDatabase } from '../helpers/database.ts'
 import { REPO_ROOT } from '../helpers/service-process.ts'
 
-// ---- The spec's statements, verbatim ----------------------------------------------------------
+import { CHECK_TIER, CHECK_USAGE, HISTORY, NEAR_LIMITS, TOP_USERS, UPDATE_TIER, VERIFY_TIER, VIEW_LIMITS } from '../helpers/spec-sql.ts'
 
-const CHECK_USAGE = `SELECT * FROM daily_usage
-WHERE user_id = '<uuid>'
-AND date = CURRENT_DATE;`
-
-const CHECK_TIER = `SELECT username, tier FROM users
-WHERE id = '<uuid>';`
-
-const VIEW_LIMITS = `SELECT * FROM usage_limits;`
-
-const UPDATE_TIER = `UPDATE users
-SET tier = 'pro'
-WHERE id = '<uuid>';`
-
-// Troubleshooting, inline: "Verify user's tier".
-const VERIFY_TIER = `SELECT tier FROM users WHERE id = '<uuid>'`
-
-const TOP_USERS = `SELECT u.username, du.deployments_created, du.api_calls
-FROM daily_usage du
-JOIN users u ON du.user_id = u.id
-WHERE du.date = CURRENT_DATE
-ORDER BY du.api_calls DESC
-LIMIT 10;`
-
-const NEAR_LIMITS = `SELECT u.username, u.tier,
-       du.deployments_created, ul.max_deployments_per_day,
-       du.api_calls, ul.max_api_calls_per_day
-FROM daily_usage du
-JOIN users u ON du.user_id = u.id
-JOIN usage_limits ul ON u.tier = ul.tier
-WHERE du.date = CURRENT_DATE
-  AND (du.deployments_created > ul.max_deployments_per_day * 0.8
-    OR du.api_calls > ul.max_api_calls_per_day * 0.8);`
-
-const HISTORY = `SELECT date, COUNT(*) as active_users,
-       SUM(deployments_created) as total_deployments,
-       SUM(api_calls) as total_api_calls
-FROM daily_usage
-WHERE date >= CURRENT_DATE - INTERVAL '7 days'
-GROUP BY date
-ORDER BY date DESC;`
 
 /** The spec statement with '<uuid>' replaced — the only edit an operator makes. */
 const withUuid = (sql: string, id: string): string => sql.replaceAll(`'<uuid>'`, `'${id}'`)

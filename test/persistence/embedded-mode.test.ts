@@ -19,6 +19,7 @@ import { cleanEnv, freePort, withoutTapHooks } from '../helpers/net.ts'
 import { TEST_REDIS_URL, closeRedis } from '../helpers/redis.ts'
 import { REPO_ROOT, startService } from '../helpers/service-process.ts'
 import type { ServiceProcess } from '../helpers/service-process.ts'
+import { SPEC_SQL } from '../helpers/spec-sql.ts'
 import { signToken } from '../helpers/tokens.ts'
 
 const START_MS = 120_000
@@ -160,22 +161,6 @@ t.test('half a Redis deployment and cluster mode are refused with one line', asy
 })
 
 // The spec's monitoring queries, verbatim (test/db/spec-queries.test.ts checks their answers).
-const TOP_USERS = `SELECT u.username, du.deployments_created, du.api_calls
-FROM daily_usage du
-JOIN users u ON du.user_id = u.id
-WHERE du.date = CURRENT_DATE
-ORDER BY du.api_calls DESC
-LIMIT 10;`
-const NEAR_LIMITS = `SELECT u.username, u.tier,
-       du.deployments_created, ul.max_deployments_per_day,
-       du.api_calls, ul.max_api_calls_per_day
-FROM daily_usage du
-JOIN users u ON du.user_id = u.id
-JOIN usage_limits ul ON u.tier = ul.tier
-WHERE du.date = CURRENT_DATE
-  AND (du.deployments_created > ul.max_deployments_per_day * 0.8
-    OR du.api_calls > ul.max_api_calls_per_day * 0.8);`
-
 t.test('EMBEDDED_PG_PORT: psql runs the spec\'s queries; a tier changed in plain SQL applies within 1 s', async (t) => {
   const cwd = t.testdir()
   const pgPort = await freePort()
@@ -187,19 +172,24 @@ t.test('EMBEDDED_PG_PORT: psql runs the spec\'s queries; a tier changed in plain
   t.equal(await deploy(svc, token), 429)
   await sleep(600) // flushed
 
-  const top = await psql(pgPort, TOP_USERS)
-  t.equal(top.code, 0, top.out)
-  t.match(top.out, /carol\s+\|\s+10\s+\|\s+0/, 'top users: carol with 10 deployments')
-  const near = await psql(pgPort, NEAR_LIMITS)
-  t.equal(near.code, 0, near.out)
-  t.match(near.out, /carol\s+\| free\s+\|\s+10\s+\|\s+10/, 'near limits: carol at 10 of 10')
+  // The spec's seven statements, verbatim, through psql (the update comes last, below).
+  const run = async (name: keyof typeof SPEC_SQL): Promise<string> => {
+    const result = await psql(pgPort, SPEC_SQL[name].replaceAll('<uuid>', id))
+    t.equal(result.code, 0, `${name}: ${result.out}`)
+    return result.out
+  }
+  t.match(await run('CHECK_USAGE'), new RegExp(`${id}\\s+\\|[^\\n]*\\|\\s+10\\s+\\|`), "check user's usage: today's row, 10 deployments")
+  t.match(await run('CHECK_TIER'), /carol\s+\|\s+free/, "check user's tier: carol, free")
+  t.match(await run('VIEW_LIMITS'), /free\s+\|\s+10\s+\|\s+5000/, 'view tier limits')
+  t.match(await run('TOP_USERS'), /carol\s+\|\s+10\s+\|\s+0/, 'top users: carol with 10 deployments')
+  t.match(await run('NEAR_LIMITS'), /carol\s+\| free\s+\|\s+10\s+\|\s+10/, 'near limits: carol at 10 of 10')
+  t.match(await run('HISTORY'), /\d{4}-\d\d-\d\d\s+\|\s+1\s+\|\s+10\s+\|\s+0/, 'history: today, 1 active user, 10 deployments')
 
   const viaSql = await sql(cwd, `SELECT tier FROM users WHERE id = '${id}'`, { EMBEDDED_PG_PORT: String(pgPort) })
   t.equal(viaSql.code, 0, viaSql.out)
   t.match(viaSql.out, /free/, 'npm run sql reaches the running service over EMBEDDED_PG_PORT')
 
-  const update = await psql(pgPort, `UPDATE users SET tier = 'pro' WHERE id = '${id}';`)
-  t.equal(update.code, 0, update.out)
+  await run('UPDATE_TIER')
   const changedAt = Date.now()
   let status = 429
   while (status === 429 && Date.now() - changedAt < 1000) {
