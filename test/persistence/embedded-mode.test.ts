@@ -48,7 +48,9 @@ async function databases(): Promise<string[]> {
   client.on('error', () => {})
   await client.connect()
   try {
-    return (await client.query<{ datname: string }>('SELECT datname FROM pg_database ORDER BY datname')).rows.map((r) => r.datname)
+    // Other test files (tap runs two at a time) create and drop quota_test_* databases meanwhile.
+    const { rows } = await client.query<{ datname: string }>("SELECT datname FROM pg_database WHERE datname NOT LIKE 'quota\\_test\\_%' ORDER BY datname")
+    return rows.map((r) => r.datname)
   } finally {
     await client.end()
   }
@@ -129,6 +131,9 @@ t.test('embedded mode: no servers, counts kept across SIGTERM and SIGKILL, one p
   const bob = signToken({ sub: randomUUID(), secret })
   t.same(await deploys(restarted, bob, 7), Array(7).fill(201))
   await sleep(1000) // a few flush intervals: the 7 are in daily_usage
+  // Carol's 5 come right before the kill: some may not be flushed yet (the lost interval).
+  const carol = signToken({ sub: randomUUID(), secret })
+  t.same(await deploys(restarted, carol, 5), Array(5).fill(201))
   restarted.signal('SIGKILL')
   await restarted.waitForExit(15_000)
   t.ok(existsSync(join(cwd, 'data', 'quota.pid')), 'SIGKILL leaves the lock file behind')
@@ -137,6 +142,11 @@ t.test('embedded mode: no servers, counts kept across SIGTERM and SIGKILL, one p
   const statuses = await deploys(afterKill, bob, 4)
   t.same(statuses, [201, 201, 201, 429], 'the killed process\'s 7 still count: 3 more, then denied (no fresh day)')
   t.equal(await deploy(afterKill, alice), 429, 'and alice is still denied')
+  const status = await fetch(`${afterKill.baseUrl}/api/usage/status`, { headers: { authorization: `Bearer ${carol}` } })
+  const known = ((await status.json()) as { metrics: { deployments: { current: number } } }).metrics.deployments.current
+  t.ok(known <= 5, `carol restarts from what was flushed: ${known} of her 5`)
+  const more = (await deploys(afterKill, carol, 11)).filter((code) => code === 201).length
+  t.equal(more, 10 - known, `then exactly ${10 - known} more: at most the ${5 - known} lost with the unflushed interval over the limit, never a fresh day`)
   afterKill.signal('SIGTERM')
   t.same(await afterKill.waitForExit(15_000), { code: 0, signal: null })
 
