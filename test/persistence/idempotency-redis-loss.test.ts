@@ -7,22 +7,12 @@
  * lost together with their counts — count exactly once more. Every key counts once in the end.
  */
 import t from 'tap'
-import { createTestDatabase } from '../helpers/database.ts'
 import { createUsers, usageTotals } from '../helpers/load.ts'
 import { waitUntil } from '../helpers/net.ts'
-import { startRedisServer } from '../helpers/redis-server.ts'
-import { testRedisPrefix } from '../helpers/redis.ts'
-import { startService } from '../helpers/service-process.ts'
+import { serviceOnThrowawayRedis } from '../helpers/redis-loss.ts'
 
 t.test('keys answered before a Redis restart without persistence are replayed, not counted again', async (t) => {
-  const db = await createTestDatabase(t)
-  const redisServer = await startRedisServer(t) // no AOF, no RDB: a restart is a blank Redis
-  const svc = await startService(t, {
-    DATABASE_URL: db.url,
-    REDIS_URL: redisServer.url,
-    REDIS_KEY_PREFIX: testRedisPrefix(),
-    FLUSH_INTERVAL_MS: '500',
-  })
+  const { db, svc, loseRedis } = await serviceOnThrowawayRedis(t, { FLUSH_INTERVAL_MS: '500' })
   const [user] = await createUsers(db.pool, svc.env.JWT_SECRET as string, 1, 'enterprise')
   if (!user) throw new Error('no user')
   const increment = async (key: string): Promise<{ status: number; current: number; replayed: boolean }> => {
@@ -47,13 +37,7 @@ t.test('keys answered before a Redis restart without persistence are replayed, n
   const late = await Promise.all(Array.from({ length: 10 }, (_, i) => increment(`late-${i}`)))
   t.same(late.map((r) => r.status), Array(10).fill(200))
 
-  await redisServer.kill('SIGKILL')
-  await redisServer.start()
-  await waitUntil(async () => {
-    const res = await fetch(`${svc.baseUrl}/ready`, { signal: AbortSignal.timeout(2000) })
-    await res.arrayBuffer()
-    return res.status === 200
-  }, { what: '/ready after the Redis restart', timeoutMs: 10_000, intervalMs: 100 })
+  await loseRedis()
 
   const again = await Promise.all(Array.from({ length: 50 }, (_, i) => increment(`job-${i}`)))
   t.same(again.map((r) => r.status), Array(50).fill(200), 'every retry answered 200')

@@ -5,22 +5,12 @@
  * at 10, never going backwards on the way.
  */
 import t from 'tap'
-import { createTestDatabase } from '../helpers/database.ts'
 import { createUsers, usageTotals } from '../helpers/load.ts'
 import { waitUntil } from '../helpers/net.ts'
-import { startRedisServer } from '../helpers/redis-server.ts'
-import { testRedisPrefix } from '../helpers/redis.ts'
-import { startService } from '../helpers/service-process.ts'
+import { serviceOnThrowawayRedis } from '../helpers/redis-loss.ts'
 
 t.test('Redis restarted empty: counts restored from Postgres, exactly 2 of 10 left', async (t) => {
-  const db = await createTestDatabase(t)
-  const redisServer = await startRedisServer(t) // no AOF, no RDB: a restart is a blank Redis
-  const svc = await startService(t, {
-    DATABASE_URL: db.url,
-    REDIS_URL: redisServer.url,
-    REDIS_KEY_PREFIX: testRedisPrefix(),
-    FLUSH_INTERVAL_MS: '300',
-  })
+  const { db, svc, loseRedis } = await serviceOnThrowawayRedis(t, { FLUSH_INTERVAL_MS: '300' })
   const [user] = await createUsers(db.pool, svc.env.JWT_SECRET as string, 1, 'free')
   if (!user) throw new Error('no user')
   const deploy = async (): Promise<number> => {
@@ -35,14 +25,7 @@ t.test('Redis restarted empty: counts restored from Postgres, exactly 2 of 10 le
   for (let i = 0; i < 8; i++) t.equal(await deploy(), 201, `deployment ${i + 1} of 10`)
   await waitUntil(async () => (await deployments()) === 8, { what: 'flush of the 8 deployments', timeoutMs: 5000 })
 
-  await redisServer.kill('SIGKILL')
-  await redisServer.start()
-  // The service's client reconnects by itself; wait until it decides again.
-  await waitUntil(async () => {
-    const res = await fetch(`${svc.baseUrl}/ready`, { signal: AbortSignal.timeout(2000) })
-    await res.arrayBuffer()
-    return res.status === 200
-  }, { what: '/ready after the Redis restart', timeoutMs: 10_000, intervalMs: 100 })
+  await loseRedis()
 
   // Six requests at once against the blank Redis: each must see the restored 8, not 0.
   const burst = await Promise.all(Array.from({ length: 6 }, () => deploy()))
