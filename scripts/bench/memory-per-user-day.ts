@@ -1,9 +1,8 @@
 /**
  * Redis memory per active user-day: creates N user-days (default 100k) on a throwaway
  * redis-server through RedisCounterStore.decide (a consume of the 3 daily metrics + storage, so each
- * user-day has its day hash, its gauge key and a dirty-set member), and compares INFO memory
- * used_memory before and after. Also prints MEMORY USAGE of one day hash, one gauge and the dirty
- * sets, and the memory once the dirty sets are drained (what a flushed steady state keeps).
+ * user-day has its entry in a shard-day hash, and its shard-day a mark), and compares INFO memory
+ * used_memory before and after. Also prints MEMORY USAGE of one shard-day hash and the marks.
  *
  *   node --import tsx scripts/bench/memory-per-user-day.ts [--users 100000] [--concurrency 500]
  */
@@ -11,7 +10,7 @@ import { randomUUID } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { Redis } from 'ioredis'
 import { utcDay } from '../../src/clock.ts'
-import { BUCKETS } from '../../src/counters/redis/keys.ts'
+import { BUCKETS, SHARDS } from '../../src/counters/redis/keys.ts'
 import { RedisCounterStore } from '../../src/counters/redis/redis-store.ts'
 import { startRedisServer } from '../../test/helpers/redis-server.ts'
 
@@ -46,8 +45,10 @@ try {
   // The 64 per-bucket epoch keys and the scripts are a fixed cost, not per user: create them first.
   const warm = Array.from({ length: 2000 }, () => randomUUID())
   await Promise.all(warm.map(consume))
-  await redis.del(...warm.flatMap((u) => [store.keys.day(u, day), store.keys.gauge(u)]))
-  for (let b = 0; b < BUCKETS; b++) await redis.zremrangebyrank(store.keys.dirty(b), 0, -1)
+  for (let b = 0; b < BUCKETS; b++) {
+    for (let s = 0; s < SHARDS; s++) await redis.del(store.keys.shardDay(b, s, day))
+    await redis.del(store.keys.marks(b))
+  }
 
   const before = await usedMemory()
   const users = Array.from({ length: count }, () => randomUUID())
@@ -59,18 +60,15 @@ try {
   const after = await usedMemory()
 
   const sample = users[0] ?? ''
-  const dayHash = Number(await redis.memory('USAGE', store.keys.day(sample, day), 'SAMPLES', '0'))
-  const gauge = Number(await redis.memory('USAGE', store.keys.gauge(sample), 'SAMPLES', '0'))
-  let dirtyBytes = 0
-  let dirtyMembers = 0
+  const shardDay = store.keys.userDay(sample, day)
+  const shardDayBytes = Number(await redis.memory('USAGE', shardDay, 'SAMPLES', '0'))
+  let marksBytes = 0
+  let marks = 0
   for (let b = 0; b < BUCKETS; b++) {
-    dirtyBytes += Number(await redis.memory('USAGE', store.keys.dirty(b), 'SAMPLES', '0'))
-    dirtyMembers += await redis.zcard(store.keys.dirty(b))
+    marksBytes += Number(await redis.memory('USAGE', store.keys.marks(b), 'SAMPLES', '0'))
+    marks += await redis.zcard(store.keys.marks(b))
   }
-  const encoding = await redis.object('ENCODING', store.keys.day(sample, day))
-  // Drained dirty sets: what the flusher leaves once everything is in Postgres.
-  for (let b = 0; b < BUCKETS; b++) await redis.del(store.keys.dirty(b))
-  const drained = await usedMemory()
+  const encoding = await redis.object('ENCODING', shardDay)
 
   console.log(JSON.stringify({
     user_days: count,
@@ -78,15 +76,13 @@ try {
     used_memory_before: before,
     used_memory_after: after,
     bytes_per_user_day: Math.round((after - before) / count),
-    bytes_per_user_day_dirty_sets_drained: Math.round((drained - before) / count),
     memory_usage: {
-      day_hash: dayHash,
-      day_hash_encoding: encoding,
-      day_hash_fields: await redis.hgetall(store.keys.day(sample, day)),
-      gauge_key: gauge,
-      dirty_sets_total: dirtyBytes,
-      dirty_members: dirtyMembers,
-      dirty_bytes_per_member: Math.round(dirtyBytes / Math.max(1, dirtyMembers)),
+      shard_day_hash: shardDayBytes,
+      shard_day_encoding: encoding,
+      shard_day_users: (await redis.hlen(shardDay)) - 1,
+      sample_entry: await redis.hget(shardDay, sample),
+      marks_total: marksBytes,
+      marks,
     },
     keys: await redis.dbsize(),
   }, null, 2))

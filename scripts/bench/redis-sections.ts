@@ -45,10 +45,12 @@ export async function runMemory(env: BenchEnv, users: number) {
   }))
   const after = await usedMemory(redis)
   const sample = ids[0] as string
-  const dayKeyBytes = Number(await redis.memory('USAGE', store.keys.day(sample, '2026-11-28')))
-  const gaugeBytes = Number(await redis.memory('USAGE', store.keys.gauge(sample)))
+  const shardDayKey = store.keys.userDay(sample, '2026-11-28')
+  const shardDayBytes = Number(await redis.memory('USAGE', shardDayKey, 'SAMPLES', '0'))
+  const shardDayUsers = (await redis.hlen(shardDayKey)) - 1
+  const shardDayEncoding = String(await redis.object('ENCODING', shardDayKey))
   redis.disconnect()
-  return { users, bytesPerUserDay: (after - before) / users, dayKeyBytes, gaugeBytes }
+  return { users, bytesPerUserDay: (after - before) / users, shardDayBytes, shardDayUsers, shardDayEncoding }
 }
 
 export async function runMidnight(env: BenchEnv, users: number, streamS: number) {

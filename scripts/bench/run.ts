@@ -94,8 +94,8 @@ try {
     console.log(`## Memory (${users} active user-days: 3 daily metrics + storage)\n`)
     const mem = await runMemory(env, users)
     results.memory = mem
-    console.log(table(['user-days', 'bytes per user-day (used_memory delta)', 'MEMORY USAGE day hash', 'MEMORY USAGE gauge'],
-      [[mem.users, fmt(mem.bytesPerUserDay, 0), mem.dayKeyBytes, mem.gaugeBytes]]))
+    console.log(table(['user-days', 'bytes per user-day (used_memory delta)', 'MEMORY USAGE of one shard-day hash', 'its users', 'its encoding'],
+      [[mem.users, fmt(mem.bytesPerUserDay, 0), mem.shardDayBytes, mem.shardDayUsers, mem.shardDayEncoding]]))
     console.log('')
   }
   if (sections.has('midnight')) {

@@ -7,12 +7,17 @@
 /** Number of buckets. */
 export const BUCKETS = 64
 
-/** FNV-1a of the user id, modulo BUCKETS. Stable across processes and releases. */
-export function bucketOf(userId: string): number {
+/** FNV-1a (32 bits) of the user id. Stable across processes and releases. */
+export function userHash(userId: string): number {
   let hash = 0x811c9dc5
   for (let i = 0; i < userId.length; i++) {
     hash ^= userId.charCodeAt(i)
     hash = Math.imul(hash, 0x01000193)
   }
-  return (hash >>> 0) % BUCKETS
+  return hash >>> 0
+}
+
+/** The user's bucket: userHash modulo BUCKETS. */
+export function bucketOf(userId: string): number {
+  return userHash(userId) % BUCKETS
 }

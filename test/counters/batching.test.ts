@@ -111,5 +111,5 @@ t.test('arguments a script would choke on fail before anything is sent', async (
   t.match(fractional, { status: 'rejected', reason: { message: /whole number of micro-units/ } })
   t.match(fine, { status: 'fulfilled', value: { outcome: 'allowed', current: [2_000_000] } }, 'the valid neighbour is decided')
   t.equal((await h.service.status(user)).metrics.api_calls.current, 1, 'nothing of the invalid ones was applied')
-  t.notOk(await admin.exists(h.store.keys.day(user, 'bogus')), 'no day hash for a day that is not one')
+  t.notOk(await admin.exists(h.store.keys.userDay(user, 'bogus')), 'no day hash for a day that is not one')
 })

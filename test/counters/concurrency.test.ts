@@ -7,7 +7,7 @@ import t from 'tap'
 import { utcDay } from '../../src/clock.ts'
 import type { ConsumeResult } from '../../src/usage/types.ts'
 import { createUsageHarness, newUserId } from '../helpers/usage.ts'
-import { hfield, todayNoon } from './fixtures.ts'
+import { dayRef, hfield, todayNoon } from './fixtures.ts'
 
 // A generous Redis timeout: these tests are about atomicity, not latency, and 500 calls queued on
 // one connection of a busy CI machine may take longer than the production 250 ms.
@@ -34,7 +34,7 @@ t.test('500 concurrent consumes of 1 deployment by a free user: exactly 10 admit
   t.same(distinct(denied.map((r) => r.deniedMetric)), ['deployments'], 'every denial names deployments')
   t.same(distinct(denied.map((r) => r.metrics.deployments?.current)), [10], 'every denial reports the untouched total')
 
-  const dayKey = h.store.keys.day(user, day)
+  const dayKey = dayRef(h.store, user, day)
   t.equal(await hfield(h.redis, dayKey, 'd'), 10_000_000, 'Redis holds exactly 10 in micro-units')
   t.equal(await hfield(h.redis, dayKey, 'v'), 10, 'version bumped by the 10 admitted calls only: 490 denials changed nothing')
   const status = await h.service.status(user)
@@ -52,7 +52,7 @@ t.test('compute_hours 0.7 at a time: exactly 14 admitted, 9.8 exactly', async (t
   await h.service.status(user) // warm: provisioned and seeded
   const results = await Promise.all(Array.from({ length: 100 }, () => h.service.consume(user, { compute_hours: 0.7 })))
   t.same(tally(results), { allowed: 14, denied: 86 })
-  const dayKey = h.store.keys.day(user, day)
+  const dayKey = dayRef(h.store, user, day)
   t.equal(await hfield(h.redis, dayKey, 'c'), 9_800_000)
   t.equal(await hfield(h.redis, dayKey, 'v'), 14)
   const status = await h.service.status(user)
@@ -73,7 +73,7 @@ t.test('multi-metric consume {deployments: 1, api_calls: 600} is all-or-nothing'
   t.same(distinct(denied.map((r) => r.reason)), ['Daily api_calls limit exceeded'])
   t.same(distinct(denied.map((r) => r.metrics.api_calls?.current)), [4800])
   t.same(distinct(denied.map((r) => r.metrics.deployments?.current)), [8], 'deployments (under its own limit) was not incremented by a denial')
-  const dayKey = h.store.keys.day(user, day)
+  const dayKey = dayRef(h.store, user, day)
   t.equal(await hfield(h.redis, dayKey, 'd'), 8_000_000, 'no partial increment of deployments')
   t.equal(await hfield(h.redis, dayKey, 'a'), 4_800_000_000)
   t.equal(await hfield(h.redis, dayKey, 'v'), 8)
@@ -97,5 +97,5 @@ t.test('cold state: 500 concurrent first consumes all get a decision, exactly 10
   t.same({ failed: failures.length, causes }, { failed: 0, causes: [] }, 'no decision fails while Redis is up')
   const results = settled.filter((s): s is PromiseFulfilledResult<ConsumeResult> => s.status === 'fulfilled').map((s) => s.value)
   t.equal(tally(results).allowed, 10, 'exactly 10 admitted')
-  t.equal(await hfield(h.redis, h.store.keys.day(user, day), 'd'), 10_000_000)
+  t.equal(await hfield(h.redis, dayRef(h.store, user, day), 'd'), 10_000_000)
 })

@@ -5,7 +5,7 @@
  */
 import t from 'tap'
 import { utcDay } from '../../src/clock.ts'
-import { bucketOf } from '../../src/counters/redis/keys.ts'
+import { markMember, slotOf } from '../../src/counters/redis/keys.ts'
 import { createUsageHarness, newUserId } from '../helpers/usage.ts'
 
 t.test('ack removes flushed user-days and re-scores the ones that changed since the read', async (t) => {
@@ -33,12 +33,13 @@ t.test('ack removes flushed user-days and re-scores the ones that changed since 
   t.equal(await h.flusher.lagMs(h.clock.now()), 1000, 'lag = now - read time')
 })
 
-t.test('every change marks its user-day dirty, also after the mark went missing', async (t) => {
+t.test('a change marks its shard-day dirty, and a mark that went missing comes back', async (t) => {
   const h = await createUsageHarness(t)
   const user = newUserId()
   const day = utcDay(h.clock.now())
-  const member = `${user}:${day}`
-  const dirtyKey = h.store.keys.dirty(bucketOf(user))
+  const slot = slotOf(user)
+  const member = markMember(day, slot.shard)
+  const dirtyKey = h.store.keys.marks(slot.bucket)
   const inSet = async () => (await h.redis.zscore(dirtyKey, member)) !== null
 
   await h.service.consume(user, { api_calls: 1 })
@@ -50,11 +51,15 @@ t.test('every change marks its user-day dirty, also after the mark went missing'
 
   await h.service.consume(user, { api_calls: 1 })
   t.equal(await inSet(), true, 'the next change marks it again')
-  // A mark lost while the user-day waits (the dirty set deleted or evicted, another release's
-  // flusher): the next change must bring it back, or that change would never reach Postgres.
+  // A mark lost while the user-day waits (the marks set deleted by hand, another release): only a
+  // user's turn from clean to dirty marks, so the store's periodic sweep must bring it back, or
+  // the change would never reach Postgres.
   await h.redis.zrem(dirtyKey, member)
   await h.service.consume(user, { api_calls: 1 })
-  t.equal(await inSet(), true, 'a change after a lost mark marks it again')
+  t.equal(await inSet(), false, 'a change of a user already dirty does not mark again (one command less per decision)')
+  t.equal(await h.store.repairMarks(), 1, 'the sweep finds the shard-day with a dirty user and no mark')
+  t.equal(await inSet(), true, 'and marks it again')
+  t.equal(await h.store.repairMarks(), 0, 'a second sweep has nothing to do')
   await h.flusher.flushAll()
   const { rows } = await h.pool.query('SELECT api_calls FROM daily_usage WHERE user_id = $1', [user])
   t.equal(Number(rows[0]?.api_calls), 3, 'and every change reaches daily_usage')

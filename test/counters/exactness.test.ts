@@ -9,7 +9,7 @@ import { InvalidAmountError } from '../../src/metrics.ts'
 import type { MetricName } from '../../src/metrics.ts'
 import type { Amounts } from '../../src/usage/types.ts'
 import { createUsageHarness, newUserId } from '../helpers/usage.ts'
-import { hfield, insertUser, keysWithPrefix, todayNoon } from './fixtures.ts'
+import { dayRef, hfield, insertUser, keysWithPrefix, todayNoon } from './fixtures.ts'
 
 const h = await createUsageHarness(t, { now: todayNoon(), commandTimeoutMs: 5000 })
 const day = utcDay(h.clock.now())
@@ -20,13 +20,13 @@ t.test('100 × 0.1 compute hours make exactly 10, and not a micro-unit more fits
   const status = await h.service.status(user)
   t.equal(status.metrics.compute_hours.current, 10, 'exactly 10 (a float sum gives 9.99999999999998)')
   t.equal(status.metrics.compute_hours.remaining, 0)
-  t.equal(await hfield(h.redis, h.store.keys.day(user, day), 'c'), 10_000_000)
+  t.equal(await hfield(h.redis, dayRef(h.store, user, day), 'c'), 10_000_000)
 
   const over = await h.service.consume(user, { compute_hours: 0.000001 })
   t.equal(over.allowed, false, 'one micro-unit over the limit is denied')
   t.equal(over.deniedMetric, 'compute_hours')
   t.equal(over.metrics.compute_hours?.current, 10)
-  t.equal(await hfield(h.redis, h.store.keys.day(user, day), 'c'), 10_000_000, 'the denial changed nothing')
+  t.equal(await hfield(h.redis, dayRef(h.store, user, day), 'c'), 10_000_000, 'the denial changed nothing')
 
   await h.flusher.flushAll()
   const { rows } = await h.db.pool.query<{ exact: boolean; text: string }>(
@@ -44,7 +44,7 @@ t.test('checkLimit admits exactly up to the limit', async (t) => {
   const over = await h.service.checkLimit(user, 'compute_hours', 9.000001)
   t.match(over, { allowed: false, reason: 'Daily compute_hours limit exceeded', current: 1, limit: 10 })
   t.equal((await h.service.status(user)).metrics.compute_hours.current, 1, 'checks changed nothing')
-  t.equal(await hfield(h.redis, h.store.keys.day(user, day), 'v'), 10, 'checks did not bump the version')
+  t.equal(await hfield(h.redis, dayRef(h.store, user, day), 'v'), 10, 'checks did not bump the version')
 })
 
 t.test('bad amounts are refused with InvalidAmountError before Redis is touched', async (t) => {
@@ -105,7 +105,7 @@ t.test('storage: a gauge that never goes below 0 and carries over days', async (
   t.equal((await h.service.incrementUsage(user, 'storage', 3)).metrics.storage?.current, 3)
   t.equal((await h.service.incrementUsage(user, 'storage', -5)).metrics.storage?.current, 0, '3 - 5 is floored at 0')
   t.equal((await h.service.status(user)).metrics.storage.current, 0)
-  t.equal(Number(await h.redis.get(h.store.keys.gauge(user))), 0, 'the gauge key holds 0')
+  t.equal(await hfield(h.redis, dayRef(h.store, user, utcDay(h.clock.now())), 's'), 0, 'the entry holds 0')
   t.equal((await h.service.incrementUsage(user, 'storage', 2.5)).metrics.storage?.current, 2.5, 'and grows again from 0')
   await h.service.consume(user, { deployments: 4, compute_hours: 1.5 })
 

@@ -3,6 +3,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Redis } from 'ioredis'
+import type { KeySpace } from '../../src/counters/redis/keys.ts'
 import type pg from 'pg'
 import { DAY_MS, dayStart } from '../../src/clock.ts'
 
@@ -45,9 +46,23 @@ export async function pollUntil(probe: () => Promise<boolean>, timeoutMs: number
   }
 }
 
-/** A hash field as a number (0 when absent). */
-export async function hfield(redis: Redis, key: string, field: string): Promise<number> {
-  return Number((await redis.hget(key, field)) ?? 0)
+/** A user's entry of a day in the Redis layout: its shard-day hash and its field there. */
+export interface UserDayRef {
+  readonly hash: string
+  readonly user: string
+}
+
+export function dayRef(store: { keys: KeySpace }, user: string, day: string): UserDayRef {
+  return { hash: store.keys.userDay(user, day), user }
+}
+
+/** Letters of the entry "d,a,c,s,v,f": the four counts, the version, the version flushed. */
+const ENTRY = ['d', 'a', 'c', 's', 'v', 'f'] as const
+
+/** One number of a user's entry (0 when the user has none that day). */
+export async function hfield(redis: Redis, ref: UserDayRef, field: (typeof ENTRY)[number]): Promise<number> {
+  const raw = await redis.hget(ref.hash, ref.user)
+  return raw === null ? 0 : Number(raw.split(',')[ENTRY.indexOf(field)])
 }
 
 /** Calls per command from INFO commandstats ("evalsha", "hmget", ...). */

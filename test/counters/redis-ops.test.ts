@@ -12,7 +12,7 @@ import { closeRedis } from '../helpers/redis.ts'
 import { startRedisServer } from '../helpers/redis-server.ts'
 import { createUsageHarness, newUserId } from '../helpers/usage.ts'
 import type { UsageHarness } from '../helpers/usage.ts'
-import { hfield, parseCommandStats, todayNoon } from './fixtures.ts'
+import { dayRef, hfield, parseCommandStats, todayNoon } from './fixtures.ts'
 
 const server = await startRedisServer(t)
 const db = await createTestDatabase(t)
@@ -39,27 +39,25 @@ t.test('decisions keep working after SCRIPT FLUSH', async (t) => {
   t.equal((await h.service.status(user)).metrics.api_calls.current, 0, 'the other scripts reload too')
 })
 
-t.test('a day hash expires on its own, 2 days after its day', async (t) => {
+t.test('a shard-day hash expires on its own, 2 days after its day', async (t) => {
   const h = await harness(t)
   const user = newUserId()
   const day = utcDay(h.clock.now())
-  const dayKey = h.store.keys.day(user, day)
+  const dayKey = dayRef(h.store, user, day)
   await h.service.consume(user, { deployments: 3 })
   // The lifetime is measured on the decision's clock (injectable): 2 days after the day ends.
   const lifetime = (): number => dayStart(h.clock.now()) + 3 * DAY_MS - h.clock.now()
-  const first = await admin.pttl(dayKey)
+  const first = await admin.pttl(dayKey.hash)
   t.ok(Math.abs(first - lifetime()) < 2000, `TTL = day start + 3 days - now (${first} ms vs ${lifetime()} ms)`)
 
   h.clock.advance(DAY_MS) // the day has ended
   await h.service.consume(user, { deployments: 1 })
-  const pttl = await admin.pttl(dayKey)
+  const pttl = await admin.pttl(dayKey.hash)
   t.ok(pttl > 0 && pttl <= first, `old day hash: PTTL ${pttl} ms (> 0, not extended)`)
   t.equal(await hfield(admin, dayKey, 'd'), 3_000_000, 'still holds its day until then')
-  const newKey = h.store.keys.day(user, utcDay(h.clock.now()))
-  const second = await admin.pttl(newKey)
+  const newKey = dayRef(h.store, user, utcDay(h.clock.now()))
+  const second = await admin.pttl(newKey.hash)
   t.ok(Math.abs(second - lifetime()) < 2000, `the new day hash has its own expiry (${second} ms vs ${lifetime()} ms)`)
-  const gaugeTtl = await admin.pttl(h.store.keys.gauge(user))
-  t.ok(gaugeTtl > 34 * 86_400_000 && gaugeTtl <= 35 * 86_400_000, `the storage gauge lives 35 days after its last write (${gaugeTtl} ms; rebuilt from daily_usage after that)`)
 })
 
 t.test('one decision = one Redis command', async (t) => {
@@ -119,8 +117,8 @@ t.test('midnight UTC: 23:59:59.999 counts for that day, 00:00:00.000 starts a fu
   const after = await Promise.all(Array.from({ length: 15 }, () => h.service.consume(user, { deployments: 1 })))
   t.equal(after.filter((r) => r.allowed).length, 10, 'a full allowance of 10 at 00:00:00.000')
   t.same([...new Set(after.map((r) => r.day))], [next])
-  t.equal(await hfield(admin, h.store.keys.day(user, day), 'd'), 10_000_000, "yesterday's hash still holds 10")
-  t.equal(await hfield(admin, h.store.keys.day(user, next), 'd'), 10_000_000, "today's holds 10")
+  t.equal(await hfield(admin, dayRef(h.store, user, day), 'd'), 10_000_000, "yesterday's hash still holds 10")
+  t.equal(await hfield(admin, dayRef(h.store, user, next), 'd'), 10_000_000, "today's holds 10")
   const status = await h.service.status(user)
   t.equal(status.date, next)
   t.equal(status.metrics.deployments.current, 10)

@@ -117,8 +117,7 @@ t.test('Redis killed and restarted without persistence: the day comes back from 
   for (let i = 0; i < 8; i++) t.match(await h.service.consume(user, { deployments: 1 }), { allowed: true })
   await h.service.incrementUsage(user, 'storage', 1.5)
   await loseRedis(t, server, [h])
-  const dayKey = h.store.keys.day(user, utcDay(h.clock.now()))
-  t.equal(await h.redis.exists(dayKey), 0, 'Redis lost the day')
+  t.equal(await h.redis.hexists(h.store.keys.userDay(user, utcDay(h.clock.now())), user), 0, 'Redis lost the day')
 
   const results = await Promise.all(Array.from({ length: 20 }, () => h.service.consume(user, { deployments: 1 })))
   t.equal(results.filter((r) => r.allowed).length, 2, 'exactly 2 more (8 of 10 were spent before the restart)')

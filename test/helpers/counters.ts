@@ -21,7 +21,7 @@ export async function redisTotals(
 ): Promise<Map<string, { api: number; dep: number }>> {
   const keys = new KeySpace(prefix)
   const pipeline = redis.pipeline()
-  for (const u of userIds) for (const d of days) pipeline.hmget(keys.day(u, d), 'a', 'd')
+  for (const u of userIds) for (const d of days) pipeline.hget(keys.userDay(u, d), u)
   const replies = (await pipeline.exec()) ?? []
   const out = new Map<string, { api: number; dep: number }>()
   let i = 0
@@ -30,7 +30,8 @@ export async function redisTotals(
     for (let k = 0; k < days.length; k++) {
       const [err, raw] = replies[i++] ?? [new Error('no reply'), null]
       if (err) throw err
-      const [a, d] = raw as (string | null)[]
+      // The user's entry "d,a,c,s,v,f", or null when the user has none that day.
+      const [d, a] = typeof raw === 'string' ? raw.split(',') : []
       total.api += Number(a ?? 0) / SCALE
       total.dep += Number(d ?? 0) / SCALE
     }
@@ -39,11 +40,11 @@ export async function redisTotals(
   return out
 }
 
-/** Number of user-days marked dirty (changed, not yet flushed) under `prefix`. */
+/** Number of shard-days marked dirty (holding changes not yet flushed) under `prefix`. */
 export async function dirtyCount(redis: Redis, prefix: string): Promise<number> {
   const keys = new KeySpace(prefix)
   const pipeline = redis.pipeline()
-  for (let b = 0; b < BUCKETS; b++) pipeline.zcard(keys.dirty(b))
+  for (let b = 0; b < BUCKETS; b++) pipeline.zcard(keys.marks(b))
   const replies = (await pipeline.exec()) ?? []
   return replies.reduce((sum, [err, n]) => {
     if (err) throw err

@@ -48,8 +48,9 @@ async function redisRows(h: UsageHarness, users: string[]) {
   const day = new Date(h.clock.now()).toISOString().slice(0, 10)
   const out = []
   for (const user of [...users].sort()) {
-    const [d, a, c, s, v] = await h.redis.hmget(h.store.keys.day(user, day), 'd', 'a', 'c', 's', 'v')
-    if (v === null) continue
+    const entry = await h.redis.hget(h.store.keys.userDay(user, day), user)
+    if (entry === null) continue
+    const [d, a, c, s, v] = entry.split(',')
     out.push({ user, date: day, d: Number(d ?? 0) / 1e6, a: Number(a ?? 0) / 1e6, c: Number(c ?? 0) / 1e6, s: Number(s ?? 0) / 1e6, v: Number(v) })
   }
   return out

@@ -13,7 +13,7 @@ import { pino } from 'pino'
 import t from 'tap'
 import type { DailyUsageRow } from '../helpers/database.ts'
 import { utcDay } from '../../src/clock.ts'
-import { KeySpace, bucketOf, dirtyMember } from '../../src/counters/redis/keys.ts'
+import { KeySpace, markMember, slotOf } from '../../src/counters/redis/keys.ts'
 import { LeaderLock } from '../../src/persistence/leader.ts'
 import { MIDNIGHT_JOB, Scheduler } from '../../src/persistence/scheduler.ts'
 import { buildTestApp } from '../helpers/app.ts'
@@ -104,10 +104,13 @@ t.test('midnight: two days, two rows, the day closed once, storage carried over'
   const keys = new KeySpace(prefix)
   const redis = app.redis
   if (!redis) throw new Error('the test app runs in mode redis')
-  const ttl = await redis.ttl(keys.day(a.id, DAY1))
+  const ttl = await redis.ttl(keys.userDay(a.id, DAY1))
   t.ok(ttl > 0 && ttl <= 3 * 86_400, `day 1's hash expires by itself (ttl ${ttl} s)`)
-  t.equal(await redis.zscore(keys.dirty(bucketOf(a.id)), dirtyMember(a.id, DAY1)), null, "A's day 1 is not dirty")
-  t.equal(await redis.zscore(keys.dirty(bucketOf(b.id)), dirtyMember(b.id, DAY1)), null, "B's day 1 is not dirty")
+  for (const [name, id] of [['A', a.id], ['B', b.id]] as const) {
+    const slot = slotOf(id)
+    t.equal(await redis.zscore(keys.marks(slot.bucket), markMember(DAY1, slot.shard)), null, `${name}'s day 1 is not dirty`)
+    t.match(await redis.hget(keys.userDay(id, DAY1), id), /,(\d+),\1$/, `${name}'s entry is flushed (v = f)`)
+  }
 
   // Once per day, whatever happens.
   t.equal(await scheduler.tick(), null, 'a second tick does nothing')

@@ -4,16 +4,16 @@
  * layout is documented slot by slot in scripts/decide.lua's header; the batcher only transports
  * what this module builds.
  */
-import { startOfUtcDay } from '../../clock.ts'
+import { previousDay, startOfUtcDay } from '../../clock.ts'
 import type { AnswerContext, DecisionRequest } from '../store.ts'
-import { FIELD, GAUGE_TTL_S, bucketOf, dirtyMember } from './keys.ts'
+import { POSITION, gaugePeriod, gaugeTtlSeconds, markMember, slotOf } from './keys.ts'
 import type { KeySpace } from './keys.ts'
 import type { ScriptArgument } from './lua-script.ts'
 
 /** Idempotency keys are kept 24 h. */
 export const IDEMPOTENCY_TTL_S = 86_400
 
-/** A day hash lives until 2 days after its day ends: time enough for the flusher to catch up. */
+/** A shard-day hash lives until 2 days after its day ends: time enough for the flusher to catch up. */
 const DAY_KEY_LIFETIME_MS = 3 * 86_400_000
 
 /** Status codes of decide.lua's reply (its header names the same numbers). */
@@ -23,7 +23,7 @@ const STATUS = {
 /** Added to the status of an answer replayed from an idempotency key. */
 const REPLAYED = 10
 
-/** Seconds a new day hash lives, from `now` on the caller's clock; at least one minute. */
+/** Seconds a new shard-day hash lives, from `now` on the caller's clock; at least one minute. */
 export function dayKeyTtlSeconds(day: string, now: number): number {
   return Math.max(60, Math.ceil((startOfUtcDay(day) + DAY_KEY_LIFETIME_MS - now) / 1000))
 }
@@ -31,7 +31,10 @@ export function dayKeyTtlSeconds(day: string, now: number): number {
 /** A decision encoded for decide.lua, waiting for its call. */
 export interface EncodedDecision {
   readonly bucket: number
-  /** Day hash, gauge, and with an idempotency key that key and the user's key index. */
+  /**
+   * The shard-day hashes of the day and the day before, the gauges of this period and the last,
+   * and with an idempotency key that key and the user's key index.
+   */
   readonly keys: readonly string[]
   /** The decision's JSON array after its first two slots (number of keys, deadline), without brackets. */
   readonly body: string
@@ -88,18 +91,23 @@ export function encodeDecision(
   keyChecked = false,
 ): EncodedDecision {
   const { userId, day, now, idempotency } = request
-  const bucket = bucketOf(userId)
-  const keys = [keySpace.day(userId, day, bucket), keySpace.gauge(userId, bucket)]
+  const slot = slotOf(userId)
+  const bucket = slot.bucket
+  const period = gaugePeriod(day)
+  const keys = [
+    keySpace.userDay(userId, day, slot), keySpace.userDay(userId, previousDay(day), slot),
+    keySpace.gauges(bucket, slot.shard, period), keySpace.gauges(bucket, slot.shard, period - 1),
+  ]
   if (idempotency) {
     keys.push(keySpace.idempotency(userId, idempotency.key, bucket), keySpace.idempotencyIndex(userId, bucket))
   }
-  // Values handed to Redis commands as they are (now, lifetimes, member) go as JSON strings; the
-  // day start and the amounts are numbers, only compared. The member is escaped like any string
-  // that came from outside.
-  let body = `"${request.mode}","${now}",${startOfUtcDay(day)},"${dayKeyTtlSeconds(day, now)}",`
-    + `${JSON.stringify(dirtyMember(userId, day))},"${IDEMPOTENCY_TTL_S}",${idempotencyKeysPerUser},"${GAUGE_TTL_S}",`
-    + `${keyChecked ? 1 : 0},${request.metrics.length}`
-  for (const m of request.metrics) body += `,"${FIELD[m.metric]}",${m.amount},${m.limit ?? -1}`
+  // Values handed to Redis commands as they are (now, lifetimes, names) go as JSON strings; the
+  // amounts and limits are numbers, only compared. The user id is escaped like any string that
+  // came from outside.
+  let body = `"${request.mode}","${now}",${JSON.stringify(userId)},"${dayKeyTtlSeconds(day, now)}",`
+    + `"${markMember(day, slot.shard)}","${IDEMPOTENCY_TTL_S}",${idempotencyKeysPerUser},`
+    + `${keyChecked ? 1 : 0},${startOfUtcDay(day)},"${gaugeTtlSeconds(period, now)}",${request.metrics.length}`
+  for (const m of request.metrics) body += `,${POSITION[m.metric]},${m.amount},${m.limit ?? -1}`
   return {
     bucket,
     keys,
@@ -115,7 +123,7 @@ export function encodeDecision(
 export function encodeCall(
   keySpace: KeySpace, bucket: number, decisions: readonly EncodedDecision[],
 ): { numKeys: number; keysThenArgs: ScriptArgument[] } {
-  const keysThenArgs: ScriptArgument[] = [keySpace.dirty(bucket), keySpace.epoch(bucket), keySpace.keyOutbox(bucket)]
+  const keysThenArgs: ScriptArgument[] = [keySpace.marks(bucket), keySpace.epoch(bucket), keySpace.keyOutbox(bucket)]
   for (const d of decisions) for (const key of d.keys) keysThenArgs.push(key)
   const numKeys = keysThenArgs.length
   keysThenArgs.push(decisions.length)

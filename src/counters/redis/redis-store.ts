@@ -10,7 +10,7 @@
  * which decide.lua applies nothing.
  */
 import type { ChainableCommander, Redis } from 'ioredis'
-import { startOfUtcDay } from '../../clock.ts'
+import { previousDay, startOfUtcDay } from '../../clock.ts'
 import { mapLimited } from '../../limited.ts'
 import { MAX_TOTAL_MICRO, METRIC_NAMES } from '../../metrics.ts'
 import type { MetricName } from '../../metrics.ts'
@@ -26,8 +26,9 @@ import { dayKeyTtlSeconds, decodeReply, encodeCall, encodeDecision } from './dec
 import type { EncodedDecision, ScriptAnswer } from './decide-protocol.ts'
 import { classify } from './errors.ts'
 import {
-  BUCKETS, FIELD, GAUGE_TTL_S, KeySpace, bucketOf, dirtyMember, outboxMember, parseDirtyMember, parseOutboxMember,
+  BUCKETS, KeySpace, POSITION, SHARDS, gaugePeriod, gaugeTtlSeconds, markMember, outboxMember, parseMarkMember, parseOutboxMember, slotOf,
 } from './keys.ts'
+import { legacyV1 } from './legacy-v1.ts'
 import { LuaScript } from './lua-script.ts'
 
 const SCRIPTS = {
@@ -37,7 +38,18 @@ const SCRIPTS = {
   ack: LuaScript.fromFile('ack'),
   read: LuaScript.fromFile('read'),
   restoreKey: LuaScript.fromFile('restore-key'),
+  legacyRead: LuaScript.fromFile('legacy-v1-read'),
+  legacyAck: LuaScript.fromFile('legacy-v1-ack'),
+  repairMarks: LuaScript.fromFile('repair-marks'),
 }
+
+/** How often readDirty also sweeps for lost marks (repair-marks.lua). */
+export const MARK_REPAIR_INTERVAL_MS = 30_000
+/** Days whose marks the sweep checks: the latest ones decisions were made on. */
+const RECENT_DAYS = 3
+
+/** Share of the command timeout within which Redis must have run a decision (see the constructor). */
+export const DEADLINE_SHARE = 0.8
 
 /** Seeding attempts of one decision before the store gives up (another replica keeps resetting). */
 const MAX_SEED_ATTEMPTS = 3
@@ -122,6 +134,14 @@ export class RedisCounterStore implements CounterStore {
   readonly #bulkCommandTimeoutMs: number | undefined
   readonly #keysPerUser: number
   readonly #telemetry: StoreTelemetry | undefined
+  /**
+   * User-days ("<user>:<day>") the last readDirty found in layout version 1 (an upgrade
+   * draining): their acknowledgement goes to the v1 dirty set.
+   */
+  readonly #legacyRead = new Set<string>()
+  /** The latest days decided on (newest last), for the lost-mark sweep. */
+  readonly #recentDays: string[] = []
+  #lastRepair = 0
   /** The flusher's connection: the decision one until start() opens its own. */
   #bulk: Redis
 
@@ -154,7 +174,11 @@ export class RedisCounterStore implements CounterStore {
     if (timeout !== undefined) {
       const serverClock = new ServerClock(redis)
       this.#serverClock = serverClock
-      this.#deadline = () => serverClock.toServer(Date.now()) + timeout
+      // Redis must run a decision within the first 80 % of the timeout: the rest is for its answer
+      // to travel back and be read. A deadline at the full timeout let a decision be applied just
+      // before it while the caller's timer (which runs before the socket's data in an event-loop
+      // turn, and late on a loaded machine) had already answered without it: counted, not admitted.
+      this.#deadline = () => serverClock.toServer(Date.now()) + timeout * DEADLINE_SHARE
     }
   }
 
@@ -183,6 +207,7 @@ export class RedisCounterStore implements CounterStore {
 
   async decide(request: DecisionRequest, options: RedisDecideOptions = {}): Promise<DecisionAnswer> {
     checkRequest(request)
+    if (this.#recentDays.at(-1) !== request.day) this.#noteDay(request.day)
     let encoded = encodeDecision(request, this.keys, options.deadline ?? this.#deadline, this.#keysPerUser)
     for (let attempt = 1; ; attempt++) {
       const answer = await this.#batcher.submit(encoded.bucket, encoded)
@@ -214,12 +239,42 @@ export class RedisCounterStore implements CounterStore {
     }
   }
 
+  #noteDay(day: string): void {
+    const days = this.#recentDays
+    const at = days.indexOf(day)
+    if (at >= 0) days.splice(at, 1)
+    days.push(day)
+    if (days.length > RECENT_DAYS) days.shift()
+  }
+
+  /**
+   * Puts back the marks of shard-days that hold dirty users but lost their mark, for `days`
+   * (default: the latest days decided on); see repair-marks.lua. Returns how many came back.
+   */
+  async repairMarks(days: readonly string[] = this.#recentDays, now = Date.now()): Promise<number> {
+    this.#lastRepair = Date.now()
+    if (days.length === 0) return 0
+    const buckets = Array.from({ length: BUCKETS }, (_, b) => b)
+    const restored = await mapLimited(buckets, FLUSH_SCRIPTS_IN_FLIGHT, async (bucket) => {
+      const keys = [this.keys.marks(bucket)]
+      const args: (string | number)[] = [now]
+      for (const day of days) {
+        for (let shard = 0; shard < SHARDS; shard++) {
+          keys.push(this.keys.shardDay(bucket, shard, day))
+          args.push(markMember(day, shard))
+        }
+      }
+      return Number(await SCRIPTS.repairMarks.run(this.#bulk, keys, args))
+    })
+    return restored.reduce((a, b) => a + b, 0)
+  }
+
   /**
    * Rebuilds a user's state from Postgres (only after Redis lost it). Concurrent callers for the
    * same user-day share one Postgres read and one seed.
    */
   #seed(userId: string, day: string, now: number): Promise<void> {
-    const key = dirtyMember(userId, day)
+    const key = `${userId}:${day}`
     const pending = this.#seeding.get(key)
     if (pending) return pending
     const run = this.#seedOnce(userId, day, now).finally(() => this.#seeding.delete(key))
@@ -234,23 +289,31 @@ export class RedisCounterStore implements CounterStore {
     // Whatever the history holds, the rebuilt state is one a counter can hold (a loader reading
     // Postgres already clamps; this keeps any other loader from seeding a value past the ceiling).
     const { counts } = state
-    await SCRIPTS.seed.run(this.redis, [this.keys.day(userId, day), this.keys.gauge(userId), this.keys.epoch(bucketOf(userId))], [
-      seedable(counts.deployments), seedable(counts.api_calls), seedable(counts.compute_hours), seedable(counts.storage),
-      state.version, seedable(state.gauge), dayKeyTtlSeconds(day, now), now, GAUGE_TTL_S,
+    const slot = slotOf(userId)
+    const { bucket } = slot
+    const period = gaugePeriod(day)
+    await SCRIPTS.seed.run(this.redis, [
+      this.keys.userDay(userId, day, slot), this.keys.marks(bucket), this.keys.epoch(bucket),
+      legacyV1.day(this.keys, bucket, userId, day), legacyV1.gauge(this.keys, bucket, userId), legacyV1.dirty(this.keys, bucket),
+      this.keys.gauges(bucket, slot.shard, period),
+    ], [
+      userId, seedable(counts.deployments), seedable(counts.api_calls), seedable(counts.compute_hours), seedable(state.gauge),
+      state.version, dayKeyTtlSeconds(day, now), now, markMember(day, slot.shard), legacyV1.member(userId, day),
+      gaugeTtlSeconds(period, now),
     ])
   }
 
   async #restoreKey(userId: string, key: string, now: number): Promise<void> {
     const kept = await this.#keyLoader?.(userId, key)
     if (!kept || kept.expiresAt <= now) return
-    const bucket = bucketOf(userId)
+    const { bucket } = slotOf(userId)
     await SCRIPTS.restoreKey.run(this.redis, [this.keys.idempotency(userId, key, bucket), this.keys.idempotencyIndex(userId, bucket)], [
       kept.answer, kept.expiresAt - now, key,
     ])
   }
 
   async readPendingKeys(maxPerBucket: number): Promise<PendingKey[]> {
-    const perBucket = await this.#perBucket((p, _dirty, bucket) => p.zrange(this.keys.keyOutbox(bucket), '0', String(maxPerBucket - 1)))
+    const perBucket = await this.#perBucket((p, bucket) => p.zrange(this.keys.keyOutbox(bucket), '0', String(maxPerBucket - 1)))
     const members: Omit<PendingKey, 'kept'>[] = []
     perBucket.forEach((raw, bucket) => {
       for (const member of raw as string[]) members.push({ bucket, ...parseOutboxMember(member) })
@@ -288,9 +351,17 @@ export class RedisCounterStore implements CounterStore {
   }
 
   async reset(userId: string, day: string, now: number, metrics: readonly MetricName[]): Promise<void> {
-    const bucket = bucketOf(userId)
-    const keys = [this.keys.day(userId, day, bucket), this.keys.gauge(userId, bucket), this.keys.dirty(bucket), this.keys.epoch(bucket)]
-    const args = [now, startOfUtcDay(day), dayKeyTtlSeconds(day, now), dirtyMember(userId, day), GAUGE_TTL_S, ...metrics.map((m) => FIELD[m])]
+    const slot = slotOf(userId)
+    const { bucket, shard } = slot
+    const period = gaugePeriod(day)
+    const keys = [
+      this.keys.userDay(userId, day, slot), this.keys.userDay(userId, previousDay(day), slot),
+      this.keys.gauges(bucket, shard, period), this.keys.gauges(bucket, shard, period - 1), this.keys.marks(bucket), this.keys.epoch(bucket),
+    ]
+    const args = [
+      userId, now, dayKeyTtlSeconds(day, now), markMember(day, shard), startOfUtcDay(day), gaugeTtlSeconds(period, now),
+      ...metrics.map((m) => POSITION[m]),
+    ]
     for (let attempt = 1; ; attempt++) {
       const status = await SCRIPTS.reset.run(this.redis, keys, args)
       if (status === 1) return
@@ -300,49 +371,110 @@ export class RedisCounterStore implements CounterStore {
   }
 
   /**
-   * Up to `maxPerBucket` dirty user-days of every bucket, oldest first, with their current
-   * values: one pipeline of ZRANGE, then one read.lua call per bucket (its keys share the slot).
+   * Up to about `maxPerBucket` dirty user-days of every bucket, oldest shard-day first, with
+   * their current values: one pipeline of ZRANGE (the marks, and the dirty sets of layout
+   * version 1 while an upgrade drains them), then one read.lua call per bucket (its keys share
+   * the slot). Whole shard-days are read, so a bucket may give a few more than `maxPerBucket`.
    */
   async readDirty(maxPerBucket: number): Promise<DirtyUserDay[]> {
-    let rangeReplies: [Error | null, unknown][]
-    try {
-      const ranges = this.#bulk.pipeline()
-      for (let b = 0; b < BUCKETS; b++) ranges.zrange(this.keys.dirty(b), '0', String(maxPerBucket - 1), 'WITHSCORES')
-      rangeReplies = (await ranges.exec()) ?? []
-    } catch (err) {
-      throw classify(err)
-    }
-    const byBucket = new Map<number, Omit<DirtyUserDay, 'state'>[]>()
-    rangeReplies.forEach(([err, raw], bucket) => {
-      if (err) throw classify(err)
-      const flat = raw as string[]
-      if (flat.length === 0) return
-      const list: Omit<DirtyUserDay, 'state'>[] = []
-      for (let i = 0; i < flat.length; i += 2) {
-        const { userId, day } = parseDirtyMember(flat[i] as string)
-        list.push({ bucket, userId, day, since: Number(flat[i + 1]) })
-      }
-      byBucket.set(bucket, list)
+    if (Date.now() - this.#lastRepair >= MARK_REPAIR_INTERVAL_MS) await this.repairMarks()
+    const replies = await this.#perBucket((p, bucket) => {
+      p.zrange(this.keys.marks(bucket), '0', String(maxPerBucket - 1), 'WITHSCORES')
+      p.zrange(legacyV1.dirty(this.keys, bucket), '0', String(maxPerBucket - 1), 'WITHSCORES')
     })
+    const work: { bucket: number; marks: string[]; legacy: string[] }[] = []
+    for (let bucket = 0; bucket < BUCKETS; bucket++) {
+      const marks = replies[2 * bucket] as string[]
+      const legacy = replies[2 * bucket + 1] as string[]
+      if (marks.length > 0 || legacy.length > 0) work.push({ bucket, marks, legacy })
+    }
     const out: DirtyUserDay[] = []
-    await mapLimited([...byBucket], FLUSH_SCRIPTS_IN_FLIGHT, async ([bucket, list]) => {
-      const keys = list.map((m) => this.keys.day(m.userId, m.day, bucket))
-      const rows = String(await SCRIPTS.read.run(this.#bulk, keys, [])).split(';')
-      list.forEach((m, i) => out.push({ ...m, state: parseReadRow(rows[i] ?? '-') }))
+    await mapLimited(work, FLUSH_SCRIPTS_IN_FLIGHT, async ({ bucket, marks, legacy }) => {
+      if (marks.length > 0) out.push(...await this.#readMarked(bucket, marks, maxPerBucket))
+      if (legacy.length > 0) out.push(...await this.#readLegacy(bucket, legacy))
     })
     return out
   }
 
+  /** The dirty user-days of a bucket's marked shard-days (`marks`: member, score, ...). */
+  async #readMarked(bucket: number, marks: readonly string[], limit: number): Promise<DirtyUserDay[]> {
+    const shardDays: { day: string; since: number }[] = []
+    const keys = [this.keys.marks(bucket)]
+    const args: (string | number)[] = [limit]
+    for (let i = 0; i < marks.length; i += 2) {
+      const member = marks[i] as string
+      const { day, shard } = parseMarkMember(member)
+      shardDays.push({ day, since: Number(marks[i + 1]) })
+      keys.push(this.keys.shardDay(bucket, shard, day))
+      args.push(member)
+    }
+    const perHash = String(await SCRIPTS.read.run(this.#bulk, keys, args)).split('|')
+    const out: DirtyUserDay[] = []
+    shardDays.forEach(({ day, since }, i) => {
+      const rows = perHash[i]
+      if (!rows || rows === '~') return
+      for (const row of rows.split(';')) {
+        const comma = row.indexOf(',')
+        out.push({ bucket, userId: row.slice(0, comma), day, since, state: parseCounts(row.slice(comma + 1)) })
+      }
+    })
+    return out
+  }
+
+  /** User-days still in layout version 1's dirty set (`members`: member, score, ...). */
+  async #readLegacy(bucket: number, members: readonly string[]): Promise<DirtyUserDay[]> {
+    const list: Omit<DirtyUserDay, 'state'>[] = []
+    for (let i = 0; i < members.length; i += 2) {
+      list.push({ bucket, ...legacyV1.parseMember(members[i] as string), since: Number(members[i + 1]) })
+    }
+    const keys = list.map((m) => legacyV1.day(this.keys, bucket, m.userId, m.day))
+    const rows = String(await SCRIPTS.legacyRead.run(this.#bulk, keys, [])).split(';')
+    return list.map((m, i) => {
+      this.#legacyRead.add(legacyV1.member(m.userId, m.day))
+      const row = rows[i] ?? '-'
+      return { ...m, state: row === '-' ? null : parseCounts(row) }
+    })
+  }
+
   async acknowledge(bucket: number, written: readonly WrittenUserDay[], readAt = 0): Promise<number> {
     if (written.length === 0) return 0
-    const keys = [this.keys.dirty(bucket), ...written.map((w) => this.keys.day(w.userId, w.day, bucket))]
-    const args = [readAt, ...written.flatMap((w) => [dirtyMember(w.userId, w.day), w.version])]
-    return Number(await SCRIPTS.ack.run(this.#bulk, keys, args))
+    const byHash = new Map<string, { member: string; pairs: (string | number)[] }>()
+    const legacy: WrittenUserDay[] = []
+    for (const w of written) {
+      if (this.#legacyRead.delete(legacyV1.member(w.userId, w.day))) {
+        legacy.push(w)
+        continue
+      }
+      const { shard } = slotOf(w.userId)
+      const hash = this.keys.shardDay(bucket, shard, w.day)
+      let entry = byHash.get(hash)
+      if (!entry) {
+        entry = { member: markMember(w.day, shard), pairs: [] }
+        byHash.set(hash, entry)
+      }
+      entry.pairs.push(w.userId, w.version)
+    }
+    let cleaned = 0
+    if (byHash.size > 0) {
+      const args: (string | number)[] = [readAt]
+      for (const { member, pairs } of byHash.values()) args.push(member, pairs.length / 2, ...pairs)
+      cleaned += Number(await SCRIPTS.ack.run(this.#bulk, [this.keys.marks(bucket), ...byHash.keys()], args))
+    }
+    if (legacy.length > 0) {
+      const keys = [legacyV1.dirty(this.keys, bucket), ...legacy.map((w) => legacyV1.day(this.keys, bucket, w.userId, w.day))]
+      const args = [readAt, ...legacy.flatMap((w) => [legacyV1.member(w.userId, w.day), w.version])]
+      cleaned += Number(await SCRIPTS.legacyAck.run(this.#bulk, keys, args))
+    }
+    return cleaned
   }
 
   async oldestDirty(): Promise<number | null> {
     let oldest: number | null = null
-    for (const flat of await this.#perBucket((p, key) => p.zrange(key, '0', '0', 'WITHSCORES'))) {
+    const replies = await this.#perBucket((p, bucket) => {
+      p.zrange(this.keys.marks(bucket), '0', '0', 'WITHSCORES')
+      p.zrange(legacyV1.dirty(this.keys, bucket), '0', '0', 'WITHSCORES')
+    })
+    for (const flat of replies) {
       const pair = flat as string[]
       if (pair.length >= 2) {
         const since = Number(pair[1])
@@ -352,15 +484,45 @@ export class RedisCounterStore implements CounterStore {
     return oldest
   }
 
+  /**
+   * Dirty user-days per bucket: the "#" of each marked shard-day (two pipelines), plus what
+   * layout version 1 still holds.
+   */
   async dirtyCounts(): Promise<number[]> {
-    return (await this.#perBucket((p, key) => p.zcard(key))).map(Number)
+    const replies = await this.#perBucket((p, bucket) => {
+      p.zrange(this.keys.marks(bucket), '0', '-1')
+      p.zcard(legacyV1.dirty(this.keys, bucket))
+    })
+    const counts = Array.from({ length: BUCKETS }, (_, bucket) => Number(replies[2 * bucket + 1]))
+    const hashes: { bucket: number; key: string }[] = []
+    for (let bucket = 0; bucket < BUCKETS; bucket++) {
+      for (const member of replies[2 * bucket] as string[]) {
+        const { day, shard } = parseMarkMember(member)
+        hashes.push({ bucket, key: this.keys.shardDay(bucket, shard, day) })
+      }
+    }
+    if (hashes.length === 0) return counts
+    let dirty: [Error | null, unknown][]
+    try {
+      const reads = this.#bulk.pipeline()
+      for (const h of hashes) reads.hget(h.key, '#')
+      dirty = (await reads.exec()) ?? []
+    } catch (err) {
+      throw classify(err)
+    }
+    hashes.forEach((h, i) => {
+      const [err, n] = dirty[i] ?? [new Error('no reply'), null]
+      if (err) throw classify(err)
+      counts[h.bucket] = (counts[h.bucket] ?? 0) + Number(n ?? 0)
+    })
+    return counts
   }
 
-  /** One command per bucket's dirty set, in one pipeline; the replies in bucket order. */
-  async #perBucket(command: (pipeline: ChainableCommander, dirtyKey: string, bucket: number) => void): Promise<unknown[]> {
+  /** Commands per bucket, in one pipeline; the replies in order. */
+  async #perBucket(command: (pipeline: ChainableCommander, bucket: number) => void): Promise<unknown[]> {
     try {
       const pipeline = this.#bulk.pipeline()
-      for (let b = 0; b < BUCKETS; b++) command(pipeline, this.keys.dirty(b), b)
+      for (let b = 0; b < BUCKETS; b++) command(pipeline, b)
       const replies = (await pipeline.exec()) ?? []
       return replies.map(([err, reply]) => {
         if (err) throw err
@@ -372,9 +534,8 @@ export class RedisCounterStore implements CounterStore {
   }
 }
 
-/** A read.lua row "d,a,c,s,v" — registry order, then the version — or "-" for a day hash that is gone. */
-function parseReadRow(row: string): DirtyUserDay['state'] {
-  if (row === '-') return null
+/** Counts "d,a,c,s,v" — registry order, then the version — as read.lua and legacy-v1-read.lua return them. */
+function parseCounts(row: string): NonNullable<DirtyUserDay['state']> {
   const values = row.split(',').map(Number)
   const counts = {} as MetricCounts
   METRIC_NAMES.forEach((m, i) => {

@@ -1,45 +1,56 @@
 --[[
 decide.lua: usage decisions of users of one bucket, each atomic and taken in order, in one call:
 check | consume | increment | refund. The store (decide-protocol.ts builds the arguments and
-reads the reply) sends the decisions of one event-loop turn that
-fall in the same bucket together (up to 16 per call), so Redis runs one script, and reads TIME at
-most once, for all the decisions of a call.
+reads the reply) sends the decisions of one event-loop turn that fall in the same bucket together
+(up to 16 per call), so Redis runs one script, and reads TIME at most once, for all of them.
 
-KEYS[1]  dirty set   <p>{b}:dirty    zset "<user>:<day>" -> ms of first unflushed change
+KEYS[1]  marks       <p>{b}:marks    zset "<day>:<shard>" -> ms of the first unflushed change
 KEYS[2]  epoch       <p>{b}:epoch    ms when this bucket's state was (re)built
 KEYS[3]  key outbox  <p>{b}:ipend    zset "<user>:<key>" -> ms stored: idempotent answers not yet
                                      copied to Postgres by the flusher
-then, per decision, 2 or 4 keys:
-         day hash    <p>{b}:d:<user>:<day>   fields d a c s (micro-units), v (version)
-         gauge       <p>{b}:g:<user>         storage in micro-units; expires after slot 10's
-                                             seconds without a write (then rebuilt like lost state)
-         idempotency <p>{b}:i:<user>:<key>   only when the decision carries a key
-         key index   <p>{b}:ik:<user>        zset <key> -> ms it expires: the user's live keys,
-                                             counted against slot 9; only with a key
+then, per decision, 4 or 6 keys:
+         today       <p>{b}:u:<day>:<shard>        the user's shard hash of the decision's day:
+                                                   "<user>" -> "d,a,c,s,v,f", "#" -> dirty users
+         yesterday   <p>{b}:u:<day - 1>:<shard>    the same shard the day before
+         gauges      <p>{b}:g:<shard>:<period>     "<user>" -> storage (micro-units) of the users
+                                                   active in this period of GAUGE_PERIOD_DAYS
+         last gauges <p>{b}:g:<shard>:<period - 1> the period before
+         idempotency <p>{b}:i:<user>:<key>         only when the decision carries a key
+         key index   <p>{b}:ik:<user>              zset <key> -> ms it expires: the user's live keys,
+                                                   counted against slot 9; only with a key
+  The day before and the gauges are read only when today has no entry for the user (its first
+  decision of the day), in that order, until one has it.
+
+A user's entry "d,a,c,s,v,f": deployments, api_calls, compute_hours (micro-units that day),
+storage (the gauge as it stands that day), v (version, +1 per write), f (the version last written
+to Postgres: the user-day is dirty while v > f). "#" counts the shard-day's dirty users; the shard-day
+is marked in KEYS[1] while it is above 0.
 
 ARGV[1]  number of decisions, then per decision one JSON array (one argument instead of a dozen:
          cheaper for the client to send, and cjson decodes it in C), followed, only when the
          decision has an idempotency key, by two more arguments: its context (day and tier,
          stored with the answer) and its fingerprint (refuses a key reused with other parameters).
-  The array's items (those handed to Redis commands as they are — now, lifetimes, member — are
-  strings; the deadline and day start are numbers, only compared):
-  1   number of its keys (2, or 4 with an idempotency key)
+  The array's items (those handed to Redis commands as they are — now, lifetimes, names — are
+  strings; the deadline and the amounts are numbers, only compared):
+  1   number of its keys (4, or 6 with an idempotency key)
   2   deadline in Redis-server ms (0 = none): past it nothing is applied, because the caller has
       already given up (timed out) and answered without this decision
   3   mode: check | consume | increment | refund
-  4   now, ms (dirty score)
-  5   start of the day, ms
-  6   lifetime of a new day hash, seconds (until 2 days after the day ends, measured on the
+  4   now, ms (mark score)
+  5   user id (the entry's field)
+  6   lifetime of a new shard-day hash, seconds (until 2 days after the day ends, measured on the
       caller's clock, so an injected clock keeps keys alive)
-  7   dirty member "<user>:<day>"
+  7   mark member "<day>:<shard>"
   8   idempotency TTL, seconds
   9   most idempotency keys one user may hold (0 = no bound): a decision that would store a new
       key while the user holds that many live ones is refused (status 6) and changes nothing;
       a replay of a held key is always answered
-  10  lifetime of the gauge, seconds, renewed by every write to it and by every new day hash
-  11  1 when the store already looked the key up in Postgres (after a loss), else 0
-  12  n, the number of metrics, followed by n triples:
-      field (d|a|c|s), amount (micro-units; negative only to lower the storage gauge), limit (micro-units, -1 = unlimited)
+  10  1 when the store already looked the key up in Postgres (after a loss), else 0
+  11  start of the day, ms
+  12  lifetime of a new gauges hash, seconds (until a day after the next period ends)
+  13  n, the number of metrics, followed by n triples:
+      position in the entry (1-4), amount (micro-units; negative only to lower the storage gauge),
+      limit (micro-units, -1 = unlimited)
 
 Returns one flat array, the answers of the decisions in order:
   status, denied, cur_1..cur_n                      a decision taken now (status 0 or 1)
@@ -48,21 +59,29 @@ Returns one flat array, the answers of the decisions in order:
   status + 10, denied, cur_1..cur_n, lim_1..lim_n, context
                                                     replayed from the idempotency key
   status 1 = allowed / applied, 0 = denied (nothing changed), 2 = state must be loaded from Postgres
-  first (Redis lost it), 3 = deadline passed (nothing changed), 4 = idempotency key reused with
-  other parameters, 5 = over the ceiling: a consume or increment that would be admitted would take a
-  metric past MAX_TOTAL (nothing changed, nothing stored under the key; denied names the metric;
-  a consume over a limit is denied, status 0, before the ceiling is looked at), 6 = the user
-  holds as many idempotency keys as slot 9 allows (nothing changed; wait = ms until the oldest
-  expires), 7 = the key is not in Redis but may be in Postgres: this bucket's state was rebuilt
-  less than an idempotency TTL ago, so a key answered before the loss may have been lost with it;
-  the store looks it up (restoring it when found) and sends the decision again with slot 11 = 1
-  (nothing changed). denied = index of the first denied metric (0 = none); cur = values after the
-  call (before it when denied or checked). A fresh answer leaves out the limits and context the
-  caller sent; a replay returns those of the first call.
+  first (no entry and no gauge: Redis lost it, or the user was away longer than a period), 3 =
+  deadline passed (nothing changed), 4 = idempotency key reused with other parameters, 5 = over the
+  ceiling: a consume or increment that would be admitted would take a metric past MAX_TOTAL
+  (nothing changed, nothing stored under the key; denied names the metric; a consume over a limit
+  is denied, status 0, before the ceiling is looked at), 6 = the user holds as many idempotency
+  keys as slot 9 allows (nothing changed; wait = ms until the oldest expires), 7 = the key is not
+  in Redis but may be in Postgres: this bucket's state was rebuilt less than an idempotency TTL
+  ago, so a key answered before the loss may have been lost with it; the store looks it up
+  (restoring it when found) and sends the decision again with slot 10 = 1 (nothing changed).
+  denied = index of the first denied metric (0 = none); cur = values after the call (before it
+  when denied or checked). A fresh answer leaves out the limits and context the caller sent; a
+  replay returns those of the first call.
 The comparison is current + amount > limit *before* incrementing: a denial changes nothing.
 
-Every write marks the user-day dirty with ZADD NX, also when it is marked already: a mark that went
-missing (a dirty set deleted or evicted, another release's flusher) comes back with the next change.
+Lost state: a user without an entry today starts the day from yesterday's entry, or else from
+their gauge (a user away for a while), but only if this bucket's state (its epoch) predates the
+day's start; otherwise, or with neither, Redis may have lost the user: status 2.
+
+A decision on a user-day that has an entry costs two commands: HMGET (entry and "#") and HSET
+(entry and "#"), plus HSET of the gauge when storage changes. The first write after a flush also
+marks the shard-day (ZADD NX; a mark that went missing is put back by the store's sweep,
+repair-marks.lua); a new shard-day hash gets its EXPIRE; a user's first write of a day also
+writes the gauge (HSET, EXPIRE NX), which keeps an active user in the current period.
 
 All arguments are decoded before the first decision runs, so malformed input fails the call before
 anything is written. A Redis error inside a decision (none is expected: the store validates what
@@ -77,15 +96,18 @@ local NEEDS_KEY_LOOKUP = 7
 local REPLAYED = 10
 
 -- Slots of a decision's JSON array (see the header).
-local NUM_KEYS, DEADLINE, MODE, NOW, DAY_START, DAY_TTL, DIRTY_MEMBER, IDEM_TTL = 1, 2, 3, 4, 5, 6, 7, 8
-local IDEM_CAP, GAUGE_TTL, KEY_CHECKED, METRIC_COUNT = 9, 10, 11, 12
+local NUM_KEYS, DEADLINE, MODE, NOW, USER, DAY_TTL, MARK, IDEM_TTL = 1, 2, 3, 4, 5, 6, 7, 8
+local IDEM_CAP, KEY_CHECKED, DAY_START, GAUGE_TTL, METRIC_COUNT = 9, 10, 11, 12, 13
 
 -- The ceiling of every total, micro-units: MAX_TOTAL_MICRO of src/metrics.ts (9e9 units), the
 -- largest round total below 2^53 micro-units, where doubles stop being exact. The conformance
 -- suite checks this boundary to the micro-unit.
 local MAX_TOTAL = 9e15
 
-local dirty_key, epoch_key, outbox_key = KEYS[1], KEYS[2], KEYS[3]
+-- Positions in an entry after the four counts.
+local VERSION, FLUSHED = 5, 6
+
+local marks_key, epoch_key, outbox_key = KEYS[1], KEYS[2], KEYS[3]
 
 -- Read at most once per call: every decision of the call shares them.
 local server_ms
@@ -111,6 +133,12 @@ local function answer(status, denied)
   out[#out + 1] = denied
 end
 
+-- "d,a,c,s,v,f" as six numbers.
+local function parse_entry(raw)
+  local d, a, c, s, v, f = string.match(raw, '^(%d+),(%d+),(%d+),(%d+),(%d+),(%d+)$')
+  return { tonumber(d), tonumber(a), tonumber(c), tonumber(s), tonumber(v), tonumber(f) }
+end
+
 -- An earlier answer stored under the idempotency key: "fingerprint,status,denied,cur..,lim..,context"
 -- (the context may hold commas). Appends it as a replay, or KEY_REUSED for other parameters.
 local function replay(stored, fingerprint, metric_count)
@@ -129,51 +157,35 @@ local function replay(stored, fingerprint, metric_count)
   out[#out + 1] = string.sub(stored, at + 1)
 end
 
--- The metrics of a decision as parallel lists: hash field, amount, limit (-1 = unlimited).
+-- The metrics of a decision as parallel lists: position in the entry, amount, limit (-1 = unlimited).
 local function metrics_of(args)
-  local fields, amounts, limits = {}, {}, {}
+  local positions, amounts, limits = {}, {}, {}
   for i = 1, args[METRIC_COUNT] do
     local base = METRIC_COUNT + (i - 1) * 3
-    fields[i], amounts[i], limits[i] = args[base + 1], args[base + 2], args[base + 3]
+    positions[i], amounts[i], limits[i] = args[base + 1], args[base + 2], args[base + 3]
   end
-  return fields, amounts, limits
+  return positions, amounts, limits
 end
 
--- Current values of the decision's metrics, the day hash's version (false: no day hash) and the
--- gauge; nil when this user's state was lost and must be seeded first.
--- One HMGET reads the version and every daily field asked for. Every write sets `v`, so a
--- missing `v` means a missing day hash. The gauge is read only when needed: for storage, or to
--- start a new day hash. A missing day hash is where lost state shows: every user touched since
--- this Redis started has a gauge, and a missing day is a fresh day only if this bucket's state
--- predates the day's start.
-local function read_current(args, fields, day_key, gauge_key)
-  local wanted, needs_gauge = { 'v' }, false
-  for i = 1, #fields do
-    if fields[i] == 's' then needs_gauge = true else wanted[#wanted + 1] = fields[i] end
+-- The user's entry of the day and the hash's dirty count (nil: a new hash). A user without an
+-- entry today starts the day from yesterday's entry (zero counts, its storage) or, away longer,
+-- from the gauge; both only when this bucket's state predates the day (see the header). nil
+-- entry: lost state, rebuilt from Postgres (status 2), never counted from 0.
+local function read_entry(args, keys)
+  local values = redis.call('HMGET', keys.today, args[USER], '#')
+  local raw, dirty_count = values[1], values[2]
+  if raw then return parse_entry(raw), dirty_count end
+  local e = bucket_epoch()
+  if not e or e > args[DAY_START] then return nil, dirty_count end
+  local storage
+  local before = redis.call('HGET', keys.yesterday, args[USER])
+  if before then
+    storage = parse_entry(before)[4]
+  else
+    storage = tonumber(redis.call('HGET', keys.gauges, args[USER]) or redis.call('HGET', keys.last_gauges, args[USER]) or '')
+    if not storage then return nil, dirty_count end
   end
-  local values = redis.call('HMGET', day_key, unpack(wanted))
-  local version = values[1]
-  local gauge = 0
-  if needs_gauge or not version then
-    local gauge_raw = redis.call('GET', gauge_key)
-    local lost = not gauge_raw
-    if not lost and not version then
-      local e = bucket_epoch()
-      lost = not e or e > args[DAY_START]
-    end
-    if lost then return nil end
-    gauge = tonumber(gauge_raw)
-  end
-  local current, j = {}, 2
-  for i = 1, #fields do
-    if fields[i] == 's' then
-      current[i] = gauge
-    else
-      current[i] = tonumber(values[j] or '0')
-      j = j + 1
-    end
-  end
-  return current, version, gauge
+  return { 0, 0, 0, storage, 0, 0 }, dirty_count
 end
 
 -- Index of the first metric an addition would take past MAX_TOTAL (0 = none). current is at most
@@ -207,38 +219,39 @@ local function first_denied(current, amounts, limits)
   return 0
 end
 
--- Adds (or, for a refund, subtracts) every amount, bumps the version, marks the user-day dirty.
-local function apply(args, fields, amounts, current, version, gauge, day_key, gauge_key)
+-- Adds (or, for a refund, subtracts) every amount, bumps the version; a user-day that was clean
+-- (v == f) becomes dirty: counted in "#" and its shard-day marked.
+local function apply(args, positions, amounts, current, entry, dirty_count, keys)
   local sign = 1
   if args[MODE] == 'refund' then sign = -1 end
-  local hset, has_storage = {}, false
-  for i = 1, #fields do
+  local storage_changed = false
+  for i = 1, #positions do
     local v = current[i] + sign * amounts[i]
     if v < 0 then v = 0 end -- a refund or a storage decrement never goes below 0
     current[i] = v
-    if fields[i] == 's' then
-      has_storage = true
-      redis.call('SET', gauge_key, fmt(v), 'EX', args[GAUGE_TTL])
-    end
-    hset[#hset + 1] = fields[i]
-    hset[#hset + 1] = fmt(v)
+    entry[positions[i]] = v
+    if positions[i] == 4 then storage_changed = true end
   end
-  if not version and not has_storage then
-    -- The day's row records the gauge as it stands that day. The user is active: keep the gauge.
-    hset[#hset + 1] = 's'
-    hset[#hset + 1] = fmt(gauge)
-    redis.call('EXPIRE', gauge_key, args[GAUGE_TTL])
+  local first_of_day = entry[VERSION] == 0
+  if storage_changed or first_of_day then
+    redis.call('HSET', keys.gauges, args[USER], fmt(entry[4]))
+    if first_of_day then redis.call('EXPIRE', keys.gauges, args[GAUGE_TTL], 'NX') end
   end
-  hset[#hset + 1] = 'v'
-  hset[#hset + 1] = fmt((tonumber(version) or 0) + 1)
-  redis.call('HSET', day_key, unpack(hset))
-  if not version then redis.call('EXPIRE', day_key, args[DAY_TTL]) end
-  -- Also when marked already: a mark that went missing comes back with the next change.
-  redis.call('ZADD', dirty_key, 'NX', args[NOW], args[DIRTY_MEMBER])
+  local today_key = keys.today
+  local was_clean = entry[VERSION] == entry[FLUSHED]
+  entry[VERSION] = entry[VERSION] + 1
+  local count = tonumber(dirty_count) or 0
+  if was_clean then count = count + 1 end
+  redis.call('HSET', today_key, args[USER],
+    fmt(entry[1]) .. ',' .. fmt(entry[2]) .. ',' .. fmt(entry[3]) .. ',' .. fmt(entry[4]) .. ','
+      .. fmt(entry[VERSION]) .. ',' .. fmt(entry[FLUSHED]),
+    '#', count)
+  if not dirty_count then redis.call('EXPIRE', today_key, args[DAY_TTL]) end
+  if was_clean then redis.call('ZADD', marks_key, 'NX', args[NOW], args[MARK]) end
 end
 
 -- One decision: appends its answer to `out`.
-local function decide(args, day_key, gauge_key, idem_key, index_key, context, fingerprint)
+local function decide(args, keys, idem_key, index_key, context, fingerprint)
   local deadline, mode = args[DEADLINE], args[MODE]
   if deadline > 0 and server_now() > deadline then
     answer(DEADLINE_PASSED, 0)
@@ -254,22 +267,25 @@ local function decide(args, day_key, gauge_key, idem_key, index_key, context, fi
     end
   end
 
-  local fields, amounts, limits = metrics_of(args)
-  local current, version, gauge = read_current(args, fields, day_key, gauge_key)
-  if not current then
+  local positions, amounts, limits = metrics_of(args)
+  local entry, dirty_count = read_entry(args, keys)
+  if not entry then
     answer(NEEDS_SEED, 0)
     return
   end
   if stores_key then
-    -- Only in the first idempotency TTL after this bucket was rebuilt (read_current made sure it
-    -- has an epoch): a key missing now may have been answered before the loss. Never otherwise.
-    if args[KEY_CHECKED] == 0 and bucket_epoch() > args[NOW] - args[IDEM_TTL] * 1000 then
+    -- Only in the first idempotency TTL after this bucket was rebuilt (or when its epoch is
+    -- gone): a key missing now may have been answered before the loss. Never otherwise.
+    local e = bucket_epoch()
+    if args[KEY_CHECKED] == 0 and (not e or e > args[NOW] - args[IDEM_TTL] * 1000) then
       answer(NEEDS_KEY_LOOKUP, 0)
       return
     end
     if not key_room(args, index_key) then return end
   end
 
+  local current = {}
+  for i = 1, #positions do current[i] = entry[positions[i]] end
   local status, denied = ALLOWED, 0
   if mode == 'check' or mode == 'consume' then
     denied = first_denied(current, amounts, limits)
@@ -284,7 +300,7 @@ local function decide(args, day_key, gauge_key, idem_key, index_key, context, fi
     end
   end
   if status == ALLOWED and mode ~= 'check' then
-    apply(args, fields, amounts, current, version, gauge, day_key, gauge_key)
+    apply(args, positions, amounts, current, entry, dirty_count, keys)
   end
 
   answer(status, denied)
@@ -302,8 +318,7 @@ local function decide(args, day_key, gauge_key, idem_key, index_key, context, fi
     redis.call('ZADD', index_key, server_now() + args[IDEM_TTL] * 1000, key)
     redis.call('PEXPIRE', index_key, args[IDEM_TTL] * 1000)
     -- For the flusher, which copies the answer to Postgres: it outlives a Redis that loses it.
-    -- The user id is the first 36 characters of the dirty member (a UUID).
-    redis.call('ZADD', outbox_key, 'NX', args[NOW], string.sub(args[DIRTY_MEMBER], 1, 36) .. ':' .. key)
+    redis.call('ZADD', outbox_key, 'NX', args[NOW], args[USER] .. ':' .. key)
   end
 end
 
@@ -312,16 +327,17 @@ local decisions = {}
 local arg_at, key_at = 2, 4
 for d = 1, tonumber(ARGV[1]) do
   local args = cjson.decode(ARGV[arg_at])
-  if args[NUM_KEYS] == 4 then
-    decisions[d] = { args = args, day_key = KEYS[key_at], gauge_key = KEYS[key_at + 1], idem_key = KEYS[key_at + 2],
-                     index_key = KEYS[key_at + 3], context = ARGV[arg_at + 1], fingerprint = ARGV[arg_at + 2] }
-    arg_at, key_at = arg_at + 3, key_at + 4
+  local keys = { today = KEYS[key_at], yesterday = KEYS[key_at + 1], gauges = KEYS[key_at + 2], last_gauges = KEYS[key_at + 3] }
+  if args[NUM_KEYS] == 6 then
+    decisions[d] = { args = args, keys = keys, idem_key = KEYS[key_at + 4], index_key = KEYS[key_at + 5],
+                     context = ARGV[arg_at + 1], fingerprint = ARGV[arg_at + 2] }
+    arg_at, key_at = arg_at + 3, key_at + 6
   else
-    decisions[d] = { args = args, day_key = KEYS[key_at], gauge_key = KEYS[key_at + 1], context = '', fingerprint = '' }
-    arg_at, key_at = arg_at + 1, key_at + 2
+    decisions[d] = { args = args, keys = keys, context = '', fingerprint = '' }
+    arg_at, key_at = arg_at + 1, key_at + 4
   end
 end
 for _, d in ipairs(decisions) do
-  decide(d.args, d.day_key, d.gauge_key, d.idem_key, d.index_key, d.context, d.fingerprint)
+  decide(d.args, d.keys, d.idem_key, d.index_key, d.context, d.fingerprint)
 end
 return out

@@ -1,43 +1,66 @@
 --[[
 reset.lua: zeroes some of a user's counters for one day (admin manual reset).
 
-KEYS[1]  day hash    <p>{b}:d:<user>:<day>
-KEYS[2]  gauge       <p>{b}:g:<user>
-KEYS[3]  dirty set   <p>{b}:dirty
-KEYS[4]  epoch       <p>{b}:epoch
+KEYS[1]  shard-day hash   <p>{b}:u:<day>:<shard>
+KEYS[2]  the day before   <p>{b}:u:<day - 1>:<shard>
+KEYS[3]  gauges           <p>{b}:g:<shard>:<period>
+KEYS[4]  last gauges      <p>{b}:g:<shard>:<period - 1>
+KEYS[5]  marks            <p>{b}:marks
+KEYS[6]  epoch            <p>{b}:epoch
 
-ARGV[1]  now, ms
-ARGV[2]  start of the day, ms
-ARGV[3]  lifetime of a new day hash, seconds (until 2 days after the day ends,
+ARGV[1]  user id
+ARGV[2]  now, ms
+ARGV[3]  lifetime of a new shard-day hash, seconds (until 2 days after the day ends,
          measured on the caller's clock, so an injected clock keeps keys alive)
-ARGV[4]  dirty member "<user>:<day>"
-ARGV[5]  lifetime of the gauge, seconds (renewed when it is zeroed)
-ARGV[6..] fields to zero (d a c s; s also zeroes the gauge)
+ARGV[4]  mark member "<day>:<shard>"
+ARGV[5]  start of the day, ms
+ARGV[6]  lifetime of a new gauges hash, seconds
+ARGV[7..] positions to zero in the entry "d,a,c,s,v,f" (1-4; 4, storage, zeroes the gauge)
 
-Returns 1 when reset, 2 when the state must be loaded from Postgres first.
+Returns 1 when reset, 2 when the state must be loaded from Postgres first (as decide.lua: no
+entry that day, and no entry the day before or gauge that this bucket's epoch vouches for).
 ]]
 
-local gauge = redis.call('GET', KEYS[2])
-if not gauge then return 2 end
-local exists = redis.call('EXISTS', KEYS[1]) == 1
-if not exists then
-  local epoch = redis.call('GET', KEYS[4])
-  if not epoch or tonumber(epoch) > tonumber(ARGV[2]) then return 2 end
-end
+local function fmt(x) return string.format('%.0f', x) end
 
-local hset = {}
-for i = 6, #ARGV do
-  hset[#hset + 1] = ARGV[i]
-  hset[#hset + 1] = '0'
-  if ARGV[i] == 's' then redis.call('SET', KEYS[2], '0', 'EX', ARGV[5]) end
+local hash, user = KEYS[1], ARGV[1]
+local state = redis.call('HMGET', hash, user, '#')
+local entry
+if state[1] then
+  entry = {}
+  for n in string.gmatch(state[1], '%d+') do entry[#entry + 1] = tonumber(n) end
+else
+  local epoch = tonumber(redis.call('GET', KEYS[6]) or '')
+  if not epoch or epoch > tonumber(ARGV[5]) then return 2 end
+  local storage
+  local before = redis.call('HGET', KEYS[2], user)
+  if before then
+    storage = tonumber(string.match(before, '^%d+,%d+,%d+,(%d+),'))
+  else
+    storage = tonumber(redis.call('HGET', KEYS[3], user) or redis.call('HGET', KEYS[4], user) or '')
+    if not storage then return 2 end
+  end
+  entry = { 0, 0, 0, storage, 0, 0 }
 end
-if not exists then
-  -- A new day hash records the gauge as it stands (unless it is being zeroed just above).
-  hset[#hset + 1] = 's'
-  hset[#hset + 1] = redis.call('GET', KEYS[2])
+local count = tonumber(state[2])
+local is_new = not count
+count = count or 0
+
+local zeroes_storage = false
+for i = 7, #ARGV do
+  entry[tonumber(ARGV[i])] = 0
+  if ARGV[i] == '4' then zeroes_storage = true end
 end
-redis.call('HINCRBY', KEYS[1], 'v', 1)
-redis.call('HSET', KEYS[1], unpack(hset))
-if not exists then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-redis.call('ZADD', KEYS[3], 'NX', ARGV[1], ARGV[4])
+if zeroes_storage or entry[5] == 0 then
+  redis.call('HSET', KEYS[3], user, fmt(entry[4]))
+  redis.call('EXPIRE', KEYS[3], ARGV[6], 'NX')
+end
+local was_clean = entry[5] == entry[6]
+entry[5] = entry[5] + 1
+if was_clean then count = count + 1 end
+redis.call('HSET', hash, user,
+  fmt(entry[1]) .. ',' .. fmt(entry[2]) .. ',' .. fmt(entry[3]) .. ',' .. fmt(entry[4]) .. ',' .. fmt(entry[5]) .. ',' .. fmt(entry[6]),
+  '#', count)
+if is_new then redis.call('EXPIRE', hash, ARGV[3]) end
+if was_clean then redis.call('ZADD', KEYS[5], 'NX', ARGV[2], ARGV[4]) end
 return 1
