@@ -40,7 +40,7 @@ export const POSITION: Readonly<Record<MetricName, 1 | 2 | 3 | 4>> = {
 }
 
 /**
- * Shards per bucket: 64 × 32 = 2048 hashes per day. Up to ~130 000 users active in a day each
+ * Shards per bucket: 64 × 32 = 2048 hashes per day. Up to about 200 000 users active in a day each
  * hash stays under Redis' default `hash-max-listpack-entries` (128) and keeps the compact
  * encoding; past that, hashes turn into ordinary hash tables: still one entry per user-day, about
  * 40 % larger (docs/architecture.md, §6, has the arithmetic and the setting that moves the bound).
