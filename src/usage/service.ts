@@ -20,6 +20,7 @@ import {
 } from './amounts.ts'
 import type { PreparedAmounts } from './amounts.ts'
 import { DenyCache } from './deny-cache.ts'
+import type { Lead } from './deny-cache.ts'
 import { IdempotencyConflictError, IdempotencyKeyLimitError, TotalTooLargeError, UsageUnavailableError } from './errors.ts'
 import type { Amounts, CallOptions, ConsumeResult, ConsumedMetric, Decision, MetricState, UsageStatus } from './types.ts'
 
@@ -94,12 +95,12 @@ export class UsageService {
   }
 
   /** Atomic check-and-increment of one or several metrics: all or nothing. */
-  async consume(userId: string, amounts: Amounts, options: CallOptions = {}): Promise<ConsumeResult> {
+  consume(userId: string, amounts: Amounts, options: CallOptions = {}): Promise<ConsumeResult> {
     return this.#spend('consume', userId, amounts, options)
   }
 
   /** Records actual usage unconditionally (storage may be negative: data deleted). */
-  async incrementUsage(userId: string, metric: MetricName, amount: number, options: CallOptions = {}): Promise<ConsumeResult> {
+  incrementUsage(userId: string, metric: MetricName, amount: number, options: CallOptions = {}): Promise<ConsumeResult> {
     return this.#spend('increment', userId, { [metric]: amount }, options)
   }
 
@@ -151,17 +152,70 @@ export class UsageService {
     this.#denials?.forget(userId)
   }
 
-  async #spend(mode: SpendMode, userId: string, amounts: Amounts, options: CallOptions): Promise<ConsumeResult> {
-    const id = normalizeUserId(userId)
-    checkIdempotencyKey(options.idempotencyKey)
-    const prepared = prepareAmounts(amounts, mode === 'increment')
-    const tier = await this.#tier(id)
+  #spend(mode: SpendMode, userId: string, amounts: Amounts, options: CallOptions): Promise<ConsumeResult> {
+    let id: string
+    let prepared: PreparedAmounts
+    let tier: string | undefined
+    try {
+      id = normalizeUserId(userId)
+      checkIdempotencyKey(options.idempotencyKey)
+      prepared = prepareAmounts(amounts, mode === 'increment')
+      tier = this.#options.limits.cachedUserTier(id)
+    } catch (err) {
+      return Promise.reject(err as Error)
+    }
+    // A cached tier (the steady state) costs no await.
+    return tier === undefined
+      ? this.#tier(id).then((t) => this.#spendAs(mode, id, t, prepared, options.idempotencyKey))
+      : this.#spendAs(mode, id, tier, prepared, options.idempotencyKey)
+  }
+
+  async #spendAs(
+    mode: SpendMode, id: string, tier: string, prepared: PreparedAmounts, idempotencyKey: string | undefined,
+  ): Promise<ConsumeResult> {
     const limits = this.#limitsOf(tier)
     const now = this.#options.clock.now()
-    const day = utcDay(now)
-    const remembered = this.#rememberedDenial(mode, id, day, tier, limits, prepared, options.idempotencyKey, now)
+    // The deny cache knows single-metric consumes of a daily limit (see DenyCache).
+    const metric = prepared.metrics[0] as MetricName
+    const denials = this.#denials
+    const denyKey = denials !== undefined && mode === 'consume' && prepared.metrics.length === 1
+      && METRICS[metric].period === 'day' && limits[metric] !== null
+      ? DenyCache.key(id, utcDay(now), metric)
+      : undefined
+    // Idempotent calls always go to the store (a replay must answer as the first call did).
+    if (denyKey === undefined || denials === undefined || idempotencyKey !== undefined) {
+      const answer = await this.#decide(mode, id, tier, limits, prepared, now, idempotencyKey)
+      return this.#answer(id, tier, limits, prepared, now, answer, denyKey)
+    }
+    const remembered = this.#rememberedDenial(denyKey, tier, limits, prepared, now)
     if (remembered) return remembered
-    const answer = await this.#decide(mode, id, tier, limits, prepared, now, options.idempotencyKey)
+    const shared = denials.coalesce(denyKey, prepared.micro[0] as number, tier, limits[metric])
+    if (shared?.follow) {
+      // An identical decision, likely a denial, is in flight: its denial is ours too. Followed
+      // once only: after an admission every follower asks the store at once, as it would have.
+      await shared.follow.settled()
+      const denied = this.#rememberedDenial(denyKey, tier, limits, prepared, now)
+      if (denied) return denied
+    }
+    const lead = shared?.led
+    try {
+      const answer = await this.#decide(mode, id, tier, limits, prepared, now, undefined)
+      return this.#answer(id, tier, limits, prepared, now, answer, denyKey, lead)
+    } finally {
+      // Followers go on once the lead's denial is remembered (or it was not a denial).
+      if (lead) denials.end(lead)
+    }
+  }
+
+  /**
+   * The store's answer as the service gives it. A consume that may use the deny cache (`denyKey`)
+   * remembers a denial, and an admission that left less than its amount as a hint.
+   */
+  #answer(
+    id: string, tier: string, limits: TierLimits, prepared: PreparedAmounts, now: number,
+    answer: DecisionAnswer | null, denyKey?: string, lead?: Lead,
+  ): ConsumeResult {
+    const day = utcDay(now)
     if (answer === null) return degradedResult(prepared, tier, day, limits, now)
     if (answer.outcome === 'key-reused') throw new IdempotencyConflictError()
     if (answer.outcome === 'too-large') {
@@ -180,9 +234,7 @@ export class UsageService {
       metrics[m] = { ...metricState(m, answer.current[i] ?? 0, answer.limits[i] ?? null), amount: fromMicro(prepared.micro[i] ?? 0) }
     })
     const deniedMetric = answer.deniedIndex >= 0 ? (prepared.metrics[answer.deniedIndex] ?? null) : null
-    if (deniedMetric && mode === 'consume' && !answer.replayed && answerTier === tier) {
-      this.#rememberDenial(id, day, tier, prepared, answer, deniedMetric)
-    }
+    if (denyKey !== undefined && this.#denials && !answer.replayed) this.#observe(this.#denials, id, denyKey, tier, prepared, answer, lead)
     return {
       allowed: answer.outcome === 'allowed',
       reason: deniedMetric ? denialReason(deniedMetric) : null,
@@ -195,27 +247,28 @@ export class UsageService {
     }
   }
 
-  /** Remembers a fresh single-metric denial of a daily limit (see DenyCache). */
-  #rememberDenial(
-    userId: string, day: string, tier: string, prepared: PreparedAmounts, answer: DecisionAnswer, metric: MetricName,
+  /**
+   * Feeds the deny cache from a fresh answer to a single-metric consume of a daily limit: a denial
+   * is remembered; an admission that left less than the amount is kept as a hint.
+   */
+  #observe(
+    denials: DenyCache, userId: string, key: string, tier: string, prepared: PreparedAmounts, answer: DecisionAnswer, lead: Lead | undefined,
   ): void {
     const limit = answer.limits[0]
-    if (!this.#denials || prepared.metrics.length !== 1 || METRICS[metric].period !== 'day' || limit === null || limit === undefined) return
-    this.#denials.remember(userId, day, metric, { tier, current: answer.current[0] ?? 0, limit })
+    const current = answer.current[0]
+    if (limit === null || limit === undefined || current === undefined) return
+    if (answer.outcome === 'denied') denials.remember(userId, key, { tier, current, limit }, lead)
+    else if (answer.outcome === 'allowed' && current + (prepared.micro[0] ?? 0) > limit) denials.hint(userId, key, { tier, current, limit })
   }
 
   /**
    * A single-metric consume of a daily metric already denied for this user, tier and limit in the
    * last second, answered without the store (it can only deny). Idempotent calls always go to it.
    */
-  #rememberedDenial(
-    mode: SpendMode, userId: string, day: string, tier: string, limits: TierLimits, prepared: PreparedAmounts,
-    idempotencyKey: string | undefined, now: number,
-  ): ConsumeResult | undefined {
-    if (!this.#denials || mode !== 'consume' || idempotencyKey !== undefined || prepared.metrics.length !== 1) return undefined
+  #rememberedDenial(key: string, tier: string, limits: TierLimits, prepared: PreparedAmounts, now: number): ConsumeResult | undefined {
     const metric = prepared.metrics[0] as MetricName
     const amount = prepared.micro[0] ?? 0
-    const denial = this.#denials.check(userId, day, metric, amount, tier, limits[metric])
+    const denial = this.#denials?.check(key, amount, tier, limits[metric])
     if (!denial) return undefined
     this.#telemetry.denyCacheHit(metric)
     if (denial.answer?.amount === amount) return denial.answer.result
@@ -224,7 +277,7 @@ export class UsageService {
       reason: denialReason(metric),
       deniedMetric: metric,
       tier,
-      day,
+      day: utcDay(now),
       metrics: Object.freeze({ [metric]: Object.freeze({ ...metricState(metric, denial.current, denial.limit), amount: fromMicro(amount) }) }),
       resetsAt: resetsAt(prepared.metrics, now),
       replayed: false,
