@@ -113,6 +113,8 @@ export class UsageService {
     this.#denials?.forget(id)
     try {
       await this.#options.store.decide({ mode: 'refund', userId: id, day, now, metrics })
+      // Again once applied: a denial Redis gave meanwhile (before the refund ran) is stale now.
+      this.#denials?.forget(id)
     } catch (err) {
       if (err instanceof CounterUnavailableError) {
         // The request already failed for its own reason; losing a refund over-counts, never over-admits.
@@ -159,7 +161,7 @@ export class UsageService {
     try {
       id = normalizeUserId(userId)
       checkIdempotencyKey(options.idempotencyKey)
-      prepared = prepareAmounts(amounts, mode === 'increment')
+      prepared = mode === 'increment' ? prepareAmounts(amounts, true) : prepareFixed(amounts)
       tier = this.#options.limits.cachedUserTier(id)
     } catch (err) {
       return Promise.reject(err as Error)
@@ -230,9 +232,11 @@ export class UsageService {
     const answerDay = answer.replayed && answer.context ? answer.context.day : day
     const answerNow = answerDay === day ? now : Date.parse(`${answerDay}T12:00:00Z`)
     const metrics: Partial<Record<MetricName, ConsumedMetric>> = {}
-    prepared.metrics.forEach((m, i) => {
-      metrics[m] = { ...metricState(m, answer.current[i] ?? 0, answer.limits[i] ?? null), amount: fromMicro(prepared.micro[i] ?? 0) }
-    })
+    for (let i = 0; i < prepared.metrics.length; i++) {
+      const m = prepared.metrics[i] as MetricName
+      const state = metricState(m, answer.current[i] ?? 0, answer.limits[i] ?? null)
+      metrics[m] = { current: state.current, limit: state.limit, remaining: state.remaining, unit: state.unit, period: state.period, amount: fromMicro(prepared.micro[i] ?? 0) }
+    }
     const deniedMetric = answer.deniedIndex >= 0 ? (prepared.metrics[answer.deniedIndex] ?? null) : null
     if (denyKey !== undefined && this.#denials && !answer.replayed) this.#observe(this.#denials, id, denyKey, tier, prepared, answer, lead)
     return {
@@ -352,6 +356,22 @@ export class UsageService {
 export function unavailable(err: unknown): Error {
   if (err instanceof CounterUnavailableError) return new UsageUnavailableError(undefined, { cause: err })
   return err instanceof Error ? err : new Error(String(err))
+}
+
+/**
+ * Prepared amounts of a consume. A frozen amounts object (a guard's, fixed at start-up) is
+ * prepared once: a guarded request does not validate and convert the same amounts again.
+ */
+const preparedFrozen = new WeakMap<Amounts, PreparedAmounts>()
+
+function prepareFixed(amounts: Amounts): PreparedAmounts {
+  if (amounts === null || typeof amounts !== 'object' || !Object.isFrozen(amounts)) return prepareAmounts(amounts, false)
+  let prepared = preparedFrozen.get(amounts)
+  if (prepared === undefined) {
+    prepared = prepareAmounts(amounts, false)
+    preparedFrozen.set(amounts, prepared)
+  }
+  return prepared
 }
 
 /** Earliest reset among the metrics (ISO): the next UTC midnight, or null when only the gauge. */
