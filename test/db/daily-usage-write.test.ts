@@ -12,6 +12,8 @@ import { numberArrayLiteral, textArrayLiteral } from '../../src/db/array-literal
 import { TotalsColumns, decimalText, upsertTotals, writeTotals } from '../../src/db/daily-usage.ts'
 import type { DayTotals } from '../../src/db/daily-usage.ts'
 import { createPool } from '../../src/db/client.ts'
+import { migrate } from '../../src/db/migrate.ts'
+import { asPool, openEmbeddedDatabase } from '../../src/db/pglite-pool.ts'
 import { microToDecimalText } from '../../src/metrics.ts'
 import { createTestDatabase } from '../helpers/database.ts'
 import type { DailyUsageRow } from '../helpers/database.ts'
@@ -137,4 +139,22 @@ t.test('concurrent writers in the one global order never deadlock', async (t) =>
   const final = await rows(db.pool)
   t.equal(final.length, 400)
   t.ok(final.every((r) => r.version === 13 && r.api_calls === 6), 'every row holds the newest version written')
+})
+
+t.test('embedded mode (PGlite): the same literals, the same guard and bisection', async (t) => {
+  const embedded = await openEmbeddedDatabase(t.testdir())
+  t.teardown(() => embedded.end())
+  const pool = asPool(embedded)
+  await migrate(pool)
+  await embedded.refreshTypes()
+  await pool.query('ALTER TABLE daily_usage ADD CONSTRAINT test_refuse_big CHECK (api_calls < 1000)')
+  const users = await addUsers(pool, 6)
+  const batch = users.map((u, i) => totals(u, 3, i === 4 ? 5000 : i, 250_000 * i))
+  const result = await writeTotals(pool, batch)
+  t.equal(result.written, 5)
+  t.same(result.rejected.map((r) => r.index), [4])
+  t.same(await writeTotals(pool, users.filter((_u, i) => i !== 4).map((u) => totals(u, 2, 7))), { written: 0, rejected: [] }, 'older versions: nothing moves')
+  const written = await rows(pool)
+  t.same(written.map((r) => [r.user_id, r.api_calls, r.compute_hours, r.version]),
+    users.filter((_u, i) => i !== 4).map((u) => { const i = users.indexOf(u); return [u, i, microToDecimalText(250_000 * i), 3] }))
 })
