@@ -3,6 +3,7 @@
  * count only the benchmark's work), a fresh migrated database, and bench tiers and users.
  */
 import { readFileSync } from 'node:fs'
+import { benchUsers, seedBenchUsers } from './bench-users.ts'
 import { createTestDatabase } from '../../test/helpers/database.ts'
 import type { TestDatabase } from '../../test/helpers/database.ts'
 import { startRedisServer } from '../../test/helpers/redis-server.ts'
@@ -24,30 +25,19 @@ export interface BenchEnv {
   prefix: string
   /** Users of tier `bench` (limits far above anything a round reaches). */
   users: string[]
-  /** Users of tier `bench_zero` (every limit 0: every decision is a denial). */
+  /** Users of tier `bench_one` (every limit 1: once spent, every decision is a denial). */
   overUsers: string[]
   teardown: Teardown
 }
 
-/** Deterministic UUID-shaped ids, so runs are comparable. */
-export function benchUserId(group: number, i: number): string {
-  const hex = (group * 1_000_000 + i).toString(16).padStart(12, '0')
-  return `00000000-0000-4000-8000-${hex}`
-}
+export { benchUserId } from './bench-users.ts'
 
 export async function benchEnv(userCount = 1000): Promise<BenchEnv> {
   const teardown = new Teardown()
   const redis = await startRedisServer(teardown)
   const db = await createTestDatabase(teardown)
-  const users = Array.from({ length: userCount }, (_, i) => benchUserId(1, i))
-  const overUsers = Array.from({ length: userCount }, (_, i) => benchUserId(2, i))
-  await db.pool.query(`INSERT INTO usage_limits (tier, max_deployments_per_day, max_api_calls_per_day, max_compute_hours_per_day, max_storage_gb)
-    VALUES ('bench', 2000000000, 2000000000, 1000000000, 1000000000), ('bench_zero', 0, 0, 0, 0)`)
-  await db.pool.query(
-    `INSERT INTO users (id, username, tier) SELECT u, u::text, 'bench' FROM unnest($1::uuid[]) u
-     UNION ALL SELECT u, u::text, 'bench_zero' FROM unnest($2::uuid[]) u`,
-    [users, overUsers],
-  )
+  const { users, overUsers } = benchUsers(userCount)
+  await seedBenchUsers(db.pool, users, overUsers)
   return { redis, db, prefix: 'bench:', users, overUsers, teardown }
 }
 

@@ -1,8 +1,9 @@
 /**
  * npm run bench — every benchmark section, printed as tables and saved as JSON under bench/results/.
- *   --smoke            a ~2 s run of each section (npm test runs it so the scripts never rot)
+ *   --smoke            a short run of each section (npm test runs it so the scripts never rot)
  *   --only a,b         sections: http, library, flusher, memory, midnight
  *   --rounds N --duration S --connections N
+ *   --users list|random  how HTTP requests pick their user (http.ts: the issue's list by default)
  * Services: a throwaway redis-server and a fresh database on the local Postgres, removed at the end.
  */
 import { execFileSync } from 'node:child_process'
@@ -12,6 +13,8 @@ import { parseArgs } from 'node:util'
 import { benchEnv } from './env.ts'
 import { runFlusherBench } from './flusher-section.ts'
 import { runHttp } from './http.ts'
+import type { UserMode } from './http.ts'
+import { SMOKE_VARIANTS } from './http-variants.ts'
 import { runLibrary } from './library.ts'
 import { runMemory, runMidnight } from './redis-sections.ts'
 
@@ -22,12 +25,15 @@ const { values } = parseArgs({
     rounds: { type: 'string' },
     duration: { type: 'string' },
     connections: { type: 'string', default: '100' },
+    users: { type: 'string', default: 'list' },
   },
 })
 const smoke = values.smoke === true
 const sections = new Set((values.only ?? 'http,library,flusher,memory,midnight').split(','))
 const rounds = Number(values.rounds ?? (smoke ? 1 : 5))
 const duration = Number(values.duration ?? (smoke ? 1 : 10))
+if (values.users !== 'list' && values.users !== 'random') throw new Error(`--users must be list or random, not ${values.users}`)
+const httpUsers: UserMode = values.users
 
 const fmt = (n: number, digits = 1): string => (Number.isFinite(n) ? n.toFixed(digits) : 'n/a')
 function table(headers: string[], rows: (string | number)[][]): string {
@@ -53,6 +59,7 @@ const setup = {
   rounds,
   durationS: duration,
   connections: Number(values.connections),
+  httpUsers,
 }
 console.log(`# quota benchmarks\n\n${Object.entries(setup).map(([k, v]) => `- ${k}: ${v}`).join('\n')}\n`)
 
@@ -60,15 +67,19 @@ const results: Record<string, unknown> = { setup }
 const env = await benchEnv(smoke ? 100 : 1000)
 try {
   if (sections.has('http')) {
-    console.log(`## HTTP (autocannon, ${setup.connections} connections, ${env.users.length} users, ${rounds} interleaved rounds × ${duration} s)\n`)
-    const http = await runHttp(env, { rounds, durationS: duration, connections: setup.connections })
+    // The smoke run only proves the servers start and answer: fewer of them, 500 requests each, no warm-up load.
+    const httpLoad = smoke ? { variants: SMOKE_VARIANTS, requestsPerRound: 500, warmupS: 0 } : { warmupS: 2 }
+    const load = httpUsers === 'list' ? `each connection walking a list of the ${env.users.length} users` : `${env.users.length} users drawn at random`
+    console.log(`## HTTP (autocannon, ${setup.connections} connections, ${load}, each variant its own server process, ${rounds} interleaved rounds × ${smoke ? '500 requests' : `${duration} s`})\n`)
+    const http = await runHttp(env, { rounds, durationS: duration, connections: setup.connections, users: httpUsers, ...httpLoad })
     results.http = http
     console.log(table(
-      ['variant', 'req/s', 'ratio to bare', 'p50 ms', 'p97.5 ms', 'p99 ms', 'server CPU µs/req', 'Redis CPU µs/req', 'Redis cmds/req', 'answers'],
+      ['variant', 'req/s', 'ratio to bare', 'p50 ms', 'p97.5 ms', 'p99 ms', 'server CPU µs/req', 'server RSS MiB', 'Redis CPU µs/req', 'Redis cmds/req', 'answers'],
       http.summary.map((s) => [s.variant, fmt(s.rps, 0), fmt(s.ratioToBare, 2), fmt(s.p50), fmt(s.p975), fmt(s.p99),
-        fmt(s.serverCpuUsPerReq), fmt(s.redisCpuUsPerReq), fmt(s.redisCmdsPerReq, 2), s.statuses]),
+        fmt(s.serverCpuUsPerReq), fmt(s.serverRssMiB, 0), fmt(s.redisCpuUsPerReq), fmt(s.redisCmdsPerReq, 2), s.statuses]),
     ))
-    console.log('\n(medians over rounds; the ratio is taken per round against that round\'s bare run)\n')
+    console.log('\n(medians over rounds; the ratio is taken per round against that round\'s bare run; server CPU and RSS are of the')
+    console.log('variant\'s process tree, RSS the highest sample of each round; over-limit variants answer 429 to every request)\n')
   }
   if (sections.has('library')) {
     console.log(`## Library (one process, 1000 in flight, ${rounds} interleaved rounds × ${Math.max(1, duration / 2)} s)\n`)

@@ -5,6 +5,7 @@
  */
 import { MAX_DECIMALS, MAX_TOTAL, MAX_TOTAL_MICRO, SCALE, microToDecimalText } from '../metrics.ts'
 import type { MetricDefinition, MetricName } from '../metrics.ts'
+import { numberArrayLiteral, textArrayLiteral } from './array-literal.ts'
 import type { Pool } from './client.ts'
 
 /** Micro-units per metric (storage: the gauge's value that day). */
@@ -112,10 +113,12 @@ export async function loadRecordedUserDay(
 /** Postgres' foreign_key_violation. */
 const FOREIGN_KEY_VIOLATION = '23503'
 
+// Every column is one array literal (see array-literal.ts); compute and storage arrive as exact
+// decimal text, which the numeric[] cast reads without rounding.
 const UPSERT_TOTALS = `INSERT INTO daily_usage AS du
          (user_id, date, deployments_created, api_calls, compute_hours, storage_gb, version, updated_at)
-  SELECT t.u, t.d, t.dep, t.api, t.ch::numeric, t.st::numeric, t.v, now()
-    FROM unnest($1::uuid[], $2::date[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::bigint[])
+  SELECT t.u, t.d, t.dep, t.api, t.ch, t.st, t.v, now()
+    FROM unnest($1::uuid[], $2::date[], $3::bigint[], $4::bigint[], $5::numeric[], $6::numeric[], $7::bigint[])
          AS t(u, d, dep, api, ch, st, v)
   ON CONFLICT (user_id, date) DO UPDATE SET
     deployments_created = EXCLUDED.deployments_created,
@@ -126,57 +129,123 @@ const UPSERT_TOTALS = `INSERT INTO daily_usage AS du
     updated_at = EXCLUDED.updated_at
   WHERE du.version < EXCLUDED.version`
 
-async function insertTotals(pool: Pool, rows: readonly DayTotals[]): Promise<number> {
-  const ids: string[] = [], days: string[] = [], dep: number[] = [], api: number[] = []
-  const compute: string[] = [], storage: string[] = [], versions: number[] = []
-  for (const r of rows) {
-    ids.push(r.userId)
-    days.push(r.day)
-    dep.push(Math.round(r.counts.deployments / SCALE))
-    api.push(Math.round(r.counts.api_calls / SCALE))
-    compute.push(microToDecimalText(r.counts.compute_hours))
-    storage.push(microToDecimalText(r.counts.storage))
-    versions.push(r.version)
+/**
+ * microToDecimalText without its regex and padding for the values a flush writes (non-negative
+ * safe integers), two per row; anything else takes the general path. 250000 -> "0.25".
+ */
+export function decimalText(micro: number): string {
+  if (micro % SCALE === 0) return String(micro / SCALE)
+  if (micro < 0 || !Number.isSafeInteger(micro)) return microToDecimalText(micro)
+  let frac = micro % SCALE
+  let digits = MAX_DECIMALS
+  while (frac % 10 === 0) {
+    frac /= 10
+    digits--
   }
-  const result = await pool.query(UPSERT_TOTALS, [ids, days, dep, api, compute, storage, versions])
+  const text = String(frac)
+  return `${Math.floor(micro / SCALE)}.${'0'.repeat(digits - text.length)}${text}`
+}
+
+/**
+ * A batch of user-day totals as the statement's columns, filled row by row without an object per
+ * row. Rows are written in the order they were added: callers add them in the one global order
+ * (see upsertTotals).
+ */
+export class TotalsColumns {
+  readonly userIds: string[] = []
+  readonly days: string[] = []
+  /** Whole deployments and API calls (the columns are bigint). */
+  readonly deployments: number[] = []
+  readonly apiCalls: number[] = []
+  /** Exact decimal text of compute hours and storage GB. */
+  readonly computeHours: string[] = []
+  readonly storage: string[] = []
+  readonly versions: number[] = []
+
+  get length(): number {
+    return this.userIds.length
+  }
+
+  add(userId: string, day: string, counts: UsageCounts, version: number): void {
+    this.userIds.push(userId)
+    this.days.push(day)
+    this.deployments.push(Math.round(counts.deployments / SCALE))
+    this.apiCalls.push(Math.round(counts.api_calls / SCALE))
+    this.computeHours.push(decimalText(counts.compute_hours))
+    this.storage.push(decimalText(counts.storage))
+    this.versions.push(version)
+  }
+
+  static of(rows: readonly DayTotals[]): TotalsColumns {
+    const columns = new TotalsColumns()
+    for (const r of rows) columns.add(r.userId, r.day, r.counts, r.version)
+    return columns
+  }
+}
+
+/** Rows `at` of `columns` (indexes, in order; every row when undefined): one INSERT. */
+async function insertTotals(pool: Pool, columns: TotalsColumns, at?: readonly number[]): Promise<number> {
+  const result = await pool.query(UPSERT_TOTALS, [
+    textArrayLiteral(columns.userIds, at),
+    textArrayLiteral(columns.days, at),
+    numberArrayLiteral(columns.deployments, at),
+    numberArrayLiteral(columns.apiCalls, at),
+    textArrayLiteral(columns.computeHours, at),
+    textArrayLiteral(columns.storage, at),
+    numberArrayLiteral(columns.versions, at),
+  ])
   return result.rowCount ?? 0
+}
+
+/** 0..n-1. */
+function allRows(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i)
+}
+
+/**
+ * upsertTotals on rows `at` of `columns`. Users missing from `users` (deleted meanwhile) are
+ * skipped rather than failing the batch forever. The common case pays nothing for that: the
+ * foreign key already checks every new row, and only when it fails are the missing users looked
+ * up (by primary key) and left out. (A JOIN on `users` in the statement made Postgres hash the
+ * whole users table for every batch: the cost of a flush grew with the number of users instead
+ * of the number of changed rows.)
+ */
+async function upsertRows(pool: Pool, columns: TotalsColumns, at?: readonly number[]): Promise<number> {
+  let pending = at
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await insertTotals(pool, columns, pending)
+    } catch (err) {
+      if ((err as { code?: string }).code !== FOREIGN_KEY_VIOLATION || attempt >= 3) throw err
+    }
+    const rows = pending ?? allRows(columns.length)
+    const { rows: known } = await pool.query<{ id: string }>(
+      'SELECT id::text FROM users WHERE id = ANY($1::uuid[])',
+      [[...new Set(rows.map((i) => columns.userIds[i] as string))]],
+    )
+    const present = new Set(known.map((k) => k.id))
+    pending = rows.filter((i) => present.has(columns.userIds[i] as string))
+    if (pending.length === 0) return 0
+  }
 }
 
 /**
  * Writes absolute totals in one statement. A row is only overwritten by a newer version, so
  * flushers on several replicas may race freely; callers pass rows in one global order
  * (the flusher sorts them) so concurrent batches lock rows in the same order and never deadlock.
- *
- * Users missing from `users` (deleted meanwhile) are skipped rather than failing the batch
- * forever. The common case pays nothing for that: the foreign key already checks every new row,
- * and only when it fails are the missing users looked up (by primary key) and left out. (A JOIN
- * on `users` in the statement made Postgres hash the whole users table for every batch: the cost
- * of a flush grew with the number of users instead of the number of changed rows.)
+ * Rows of users deleted meanwhile are skipped (see upsertRows).
  */
-export async function upsertTotals(pool: Pool, rows: readonly DayTotals[]): Promise<number> {
-  if (rows.length === 0) return 0
-  let pending = rows
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await insertTotals(pool, pending)
-    } catch (err) {
-      if ((err as { code?: string }).code !== FOREIGN_KEY_VIOLATION || attempt >= 3) throw err
-    }
-    const { rows: known } = await pool.query<{ id: string }>(
-      'SELECT id::text FROM users WHERE id = ANY($1::uuid[])',
-      [[...new Set(pending.map((r) => r.userId))]],
-    )
-    const present = new Set(known.map((k) => k.id))
-    pending = pending.filter((r) => present.has(r.userId))
-    if (pending.length === 0) return 0
-  }
+export async function upsertTotals(pool: Pool, rows: readonly DayTotals[] | TotalsColumns): Promise<number> {
+  const columns = rows instanceof TotalsColumns ? rows : TotalsColumns.of(rows)
+  if (columns.length === 0) return 0
+  return upsertRows(pool, columns)
 }
 
 export interface WriteResult {
   /** Rows inserted or updated. */
   written: number
-  /** Rows Postgres refused, with its reason; every other row of the batch was written. */
-  rejected: { row: DayTotals; error: string }[]
+  /** Rows Postgres refused (indexes into the batch, ascending), with its reason; every other row was written. */
+  rejected: { index: number; error: string }[]
 }
 
 /**
@@ -188,23 +257,30 @@ function refusesData(err: unknown): boolean {
   return typeof code === 'string' && (code.startsWith('22') || code.startsWith('23'))
 }
 
+async function writeRows(pool: Pool, columns: TotalsColumns, at: readonly number[] | undefined): Promise<WriteResult> {
+  try {
+    return { written: await upsertRows(pool, columns, at), rejected: [] }
+  } catch (err) {
+    if (!refusesData(err)) throw err
+    const rows = at ?? allRows(columns.length)
+    if (rows.length === 1) return { written: 0, rejected: [{ index: rows[0] as number, error: (err as Error).message }] }
+    const half = Math.ceil(rows.length / 2)
+    const a = await writeRows(pool, columns, rows.slice(0, half))
+    const b = await writeRows(pool, columns, rows.slice(half))
+    return { written: a.written + b.written, rejected: [...a.rejected, ...b.rejected] }
+  }
+}
+
 /**
  * upsertTotals for the flusher: a row Postgres refuses must not hold back the others. When the
  * statement fails on the data, the batch is split in halves until the refused rows are isolated;
  * the rest is written, the refused rows are returned. Any other error (Postgres unreachable) is
  * thrown: nothing of the batch is assumed written.
  */
-export async function writeTotals(pool: Pool, rows: readonly DayTotals[]): Promise<WriteResult> {
-  try {
-    return { written: await upsertTotals(pool, rows), rejected: [] }
-  } catch (err) {
-    if (!refusesData(err)) throw err
-    if (rows.length === 1) return { written: 0, rejected: [{ row: rows[0] as DayTotals, error: (err as Error).message }] }
-    const half = Math.ceil(rows.length / 2)
-    const a = await writeTotals(pool, rows.slice(0, half))
-    const b = await writeTotals(pool, rows.slice(half))
-    return { written: a.written + b.written, rejected: [...a.rejected, ...b.rejected] }
-  }
+export async function writeTotals(pool: Pool, rows: readonly DayTotals[] | TotalsColumns): Promise<WriteResult> {
+  const columns = rows instanceof TotalsColumns ? rows : TotalsColumns.of(rows)
+  if (columns.length === 0) return { written: 0, rejected: [] }
+  return writeRows(pool, columns, undefined)
 }
 
 /** A usage column of daily_usage, as the metric registry names it. */

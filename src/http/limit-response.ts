@@ -12,15 +12,33 @@ import type { ErrorBody } from './errors.ts'
 
 const DAY_SECONDS = 86_400
 
-type Limited = ConsumedMetric & { limit: number }
-
-function remainingOf(m: Limited): number {
-  return m.remaining ?? Math.max(0, m.limit - (m.current ?? 0))
+interface Policy {
+  /** `"<name>";q=<limit>[;w=86400]` */
+  policy: string
+  /** `"<name>";r=` */
+  field: string
+  day: boolean
 }
 
-function limited(result: ConsumeResult): [MetricName, ConsumedMetric & { limit: number }][] {
-  return (Object.entries(result.metrics) as [MetricName, ConsumedMetric][])
-    .filter((e): e is [MetricName, ConsumedMetric & { limit: number }] => e[1].limit !== null)
+/** Rendered policies by metric and limit: limits rarely change, and this runs on every guarded request. */
+const policies = new Map<MetricName, Map<number, Policy>>()
+
+function policyOf(name: MetricName, limit: number): Policy {
+  let byLimit = policies.get(name)
+  if (byLimit === undefined) policies.set(name, (byLimit = new Map()))
+  let p = byLimit.get(limit)
+  if (p === undefined) {
+    const day = METRICS[name].period === 'day'
+    p = { policy: `"${name}";q=${Math.ceil(limit)}${day ? `;w=${DAY_SECONDS}` : ''}`, field: `"${name}";r=`, day }
+    // Bounded: one entry per distinct limit of the metric; after many limit changes it starts afresh.
+    if (byLimit.size >= 1000) byLimit.clear()
+    byLimit.set(limit, p)
+  }
+  return p
+}
+
+function remainingOf(m: ConsumedMetric, limit: number): number {
+  return m.remaining ?? Math.max(0, limit - (m.current ?? 0))
 }
 
 /**
@@ -28,31 +46,51 @@ function limited(result: ConsumeResult): [MetricName, ConsumedMetric & { limit: 
  * one closest to its limit) and the current draft's structured RateLimit-Policy / RateLimit
  * fields, one named policy per limited metric. Unlimited metrics get no policy. Values are
  * integers (the fields require it): remaining is rounded down, a limit up. A degraded answer
- * (given without Redis) has none.
+ * (given without Redis) has none. One pass over the metrics: this runs on every guarded request.
  */
 export function rateLimitHeaders(result: ConsumeResult, now: number): Record<string, string> {
   // Admitted without Redis (USAGE_FAIL_MODE=open): the usage is unknown, so no numbers are claimed.
   if (result.degraded) return {}
-  const entries = limited(result)
-  if (entries.length === 0) return {}
-  const reset = secondsToMidnight(now)
-  const headline = result.deniedMetric && result.metrics[result.deniedMetric]?.limit != null
-    ? entries.find(([name]) => name === result.deniedMetric)
-    : entries.reduce((best, e) =>
-      (remainingOf(e[1]) / Math.max(e[1].limit, 1e-6) < remainingOf(best[1]) / Math.max(best[1].limit, 1e-6) ? e : best))
-  const headers: Record<string, string> = {}
-  if (headline) {
-    const [name, m] = headline
-    headers['ratelimit-limit'] = String(Math.ceil(m.limit))
-    headers['ratelimit-remaining'] = String(Math.floor(remainingOf(m)))
-    if (METRICS[name].period === 'day') headers['ratelimit-reset'] = String(reset)
+  const denied = result.deniedMetric
+  let headline: MetricName | undefined
+  let headlineMetric: ConsumedMetric | undefined
+  let headlineLimit = 0
+  let headlineRatio = 0
+  let policy = ''
+  let fields = ''
+  let reset = -1
+  for (const key in result.metrics) {
+    const name = key as MetricName
+    const m = result.metrics[name] as ConsumedMetric
+    const limit = m.limit
+    if (limit === null) continue
+    const p = policyOf(name, limit)
+    const remaining = remainingOf(m, limit)
+    if (p.day && reset < 0) reset = secondsToMidnight(now)
+    policy = policy === '' ? p.policy : `${policy}, ${p.policy}`
+    const field = p.day ? `${p.field}${Math.floor(remaining)};t=${reset}` : `${p.field}${Math.floor(remaining)}`
+    fields = fields === '' ? field : `${fields}, ${field}`
+    // The denied metric when it is limited, else the first with the lowest remaining share.
+    const ratio = remaining / Math.max(limit, 1e-6)
+    if (denied !== null && name === denied) {
+      headline = name
+      headlineMetric = m
+      headlineLimit = limit
+      headlineRatio = -Infinity
+    } else if (headline === undefined || ratio < headlineRatio) {
+      headline = name
+      headlineMetric = m
+      headlineLimit = limit
+      headlineRatio = ratio
+    }
   }
-  headers['ratelimit-policy'] = entries
-    .map(([name, m]) => `"${name}";q=${Math.ceil(m.limit)}${METRICS[name].period === 'day' ? `;w=${DAY_SECONDS}` : ''}`)
-    .join(', ')
-  headers.ratelimit = entries
-    .map(([name, m]) => `"${name}";r=${Math.floor(remainingOf(m))}${METRICS[name].period === 'day' ? `;t=${reset}` : ''}`)
-    .join(', ')
+  if (headline === undefined || headlineMetric === undefined) return {}
+  const headers: Record<string, string> = {}
+  headers['ratelimit-limit'] = String(Math.ceil(headlineLimit))
+  headers['ratelimit-remaining'] = String(Math.floor(remainingOf(headlineMetric, headlineLimit)))
+  if (METRICS[headline].period === 'day') headers['ratelimit-reset'] = String(secondsToMidnight(now))
+  headers['ratelimit-policy'] = policy
+  headers.ratelimit = fields
   return headers
 }
 

@@ -111,7 +111,9 @@ async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): P
   }
   const { usage, clock } = engine
 
-  const guard = (amounts: Amounts): preHandlerAsyncHookHandler => Object.assign(
+  const guard = (validated: Amounts): preHandlerAsyncHookHandler => {
+    // Frozen: the usage service then prepares these amounts once, not on every request.
+    const amounts = Object.freeze({ ...validated })
     async function usageGuard(this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
       // A request is charged once: a guard added with app.addHook and one on the route do not both count.
       if (guards.has(request)) return
@@ -128,9 +130,9 @@ async function quotaPlugin(app: FastifyInstance, options: QuotaPluginOptions): P
       }
       guards.set(request, { userId, amounts, result, settled: false })
       reply.headers(rateLimitHeaders(result, now))
-    },
-    { [GUARD_AMOUNTS]: amounts },
-  )
+    }
+    return Object.assign(usageGuard, { [GUARD_AMOUNTS]: amounts })
+  }
 
   /**
    * Settles a guarded request once its status is known: refunds what it consumed when it failed.

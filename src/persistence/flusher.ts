@@ -9,6 +9,11 @@
  * - rows are written in one global order (bucket, user, day): batches of this flusher running in
  *   parallel, and flushers of other replicas, lock rows in the same order, so they never deadlock;
  * - each batch is acked as soon as it is written, while the next batch is being written;
+ * - a pass' batches are of equal size (none left to be written alone at the end) and go to
+ *   Postgres as column arrays, built straight from the read entries (see TotalsColumns);
+ * - the next pass is read only once this one is acked: readDirty returns the oldest marks, and
+ *   until the ack those are this pass' own, so a read overlapping the writes would fetch (and pay
+ *   Redis for) the same user-days again;
  * - a pass reads a bounded number of user-days per bucket. The counter store's Redis connection
  *   has a short command timeout (it is the decisions' connection); when a pass is too big to be
  *   read within it, the pass size is divided and the read retried at once, then grown back while
@@ -19,10 +24,10 @@ import type { Logger } from 'pino'
 import type { Pool } from '../db/client.ts'
 import { systemClock } from '../clock.ts'
 import type { Clock } from '../clock.ts'
-import { writeTotals } from '../db/daily-usage.ts'
+import { TotalsColumns, writeTotals } from '../db/daily-usage.ts'
 import { writeIdempotencyRecords } from '../db/idempotency-records.ts'
 import type { IdempotencyRecord } from '../db/idempotency-records.ts'
-import type { DayTotals, WriteResult } from '../db/daily-usage.ts'
+import type { WriteResult } from '../db/daily-usage.ts'
 import { CounterUnavailableError } from '../counters/store.ts'
 import type { CounterStore, DirtyUserDay, WrittenUserDay } from '../counters/store.ts'
 import { mapLimited } from '../limited.ts'
@@ -103,6 +108,17 @@ const MAX_PASSES_PER_TICK = 1000
 /** Identifies a user-day within the flusher. */
 function userDayKey(entry: { userId: string; day: string }): string {
   return `${entry.userId}:${entry.day}`
+}
+
+/**
+ * [from, to) of each batch: as few as `batchSize` allows, of equal size, so the last batch of a
+ * pass is not a small one written alone while the other writer idles.
+ */
+export function batchBounds(rows: number, batchSize: number): [number, number][] {
+  const count = Math.ceil(rows / Math.max(1, batchSize))
+  const bounds: [number, number][] = []
+  for (let i = 0; i < count; i++) bounds.push([Math.floor((i * rows) / count), Math.floor(((i + 1) * rows) / count)])
+  return bounds
 }
 
 function byKey(a: DirtyUserDay, b: DirtyUserDay): number {
@@ -256,9 +272,7 @@ export class Flusher {
     this.#lastPassKeys = await this.#keepAnswers(shape.perBucket ?? this.#options.perBucket)
     if (entries.length === 0) return { read: 0, written: 0, acked: 0 }
     entries.sort(byKey)
-    const batchSize = shape.batchSize ?? this.#options.batchSize
-    const batches: DirtyUserDay[][] = []
-    for (let i = 0; i < entries.length; i += batchSize) batches.push(entries.slice(i, i + batchSize))
+    const batches = batchBounds(entries.length, shape.batchSize ?? this.#options.batchSize)
 
     let written = 0
     let acked = 0
@@ -266,33 +280,37 @@ export class Flusher {
     let failed = false
     const worker = async (): Promise<void> => {
       while (next < batches.length && !failed) {
-        const batch = batches[next++] as DirtyUserDay[]
-        const rows: DayTotals[] = []
-        for (const e of batch) {
+        const [from, to] = batches[next++] as [number, number]
+        // The statement's columns straight from the entries; `source[i]` is the entry of row i.
+        const columns = new TotalsColumns()
+        const source: DirtyUserDay[] = []
+        for (let i = from; i < to; i++) {
+          const e = entries[i] as DirtyUserDay
           // A day hash that expired has nothing left to write; its mark is simply removed.
-          if (e.state) rows.push({ userId: e.userId, day: e.day, counts: e.state.counts, version: e.state.version })
+          if (!e.state) continue
+          columns.add(e.userId, e.day, e.state.counts, e.state.version)
+          source.push(e)
         }
         let result: WriteResult
         try {
-          result = await writeTotals(this.#options.pool, rows)
+          result = await writeTotals(this.#options.pool, columns)
         } catch (err) {
           failed = true
           throw err
         }
         // A row Postgres refused stays dirty (its exact value kept in Redis) and is retried each
         // pass; it never holds back the rows around it.
-        const refused = new Set<string>()
-        for (const { row, error } of result.rejected) {
-          refused.add(userDayKey(row))
-          this.#reportRejected(row, error)
+        let refused: Set<DirtyUserDay> | undefined
+        for (const { index, error } of result.rejected) {
+          const e = source[index] as DirtyUserDay
+          ;(refused ??= new Set()).add(e)
+          this.#reportRejected(e, error)
         }
-        const done = refused.size === 0 ? batch : batch.filter((e) => !refused.has(userDayKey(e)))
         const n = result.written
         written += n
         this.stats.rowsWritten += n
         this.#options.telemetry?.flushRows(n)
-        const removed = await this.#ack(done, readAt)
-        acked += removed
+        acked += await this.#ack(entries, from, to, readAt, refused)
       }
     }
     // allSettled: a failed batch stops the pass only once the other worker is done too, so no write
@@ -305,22 +323,31 @@ export class Flusher {
     return { read: entries.length, written, acked }
   }
 
-  #reportRejected(row: DayTotals, error: string): void {
+  #reportRejected(row: { userId: string; day: string }, error: string): void {
     const member = userDayKey(row)
     if (this.#rejected.has(member)) return
     if (this.#rejected.size < 10_000) this.#rejected.add(member)
     this.#options.logger?.error({ userId: row.userId, day: row.day, err: error }, 'postgres refused a usage row; kept in redis, retried each flush')
   }
 
-  async #ack(entries: DirtyUserDay[], readAt: number): Promise<number> {
-    const byBucket = new Map<number, WrittenUserDay[]>()
-    for (const e of entries) {
-      const list = byBucket.get(e.bucket) ?? []
+  /** Acknowledges the written entries `from`..`to` of the sorted pass (one store call per bucket), all but `refused`. */
+  async #ack(entries: readonly DirtyUserDay[], from: number, to: number, readAt: number, refused?: Set<DirtyUserDay>): Promise<number> {
+    // Sorted by bucket first: each bucket's entries are one run.
+    const runs: [number, WrittenUserDay[]][] = []
+    let run: WrittenUserDay[] = []
+    let bucket = -1
+    for (let i = from; i < to; i++) {
+      const e = entries[i] as DirtyUserDay
+      if (refused?.has(e)) continue
+      if (e.bucket !== bucket) {
+        bucket = e.bucket
+        run = []
+        runs.push([bucket, run])
+      }
       // A day that is gone has nothing newer to keep: its mark goes whatever the version.
-      list.push({ userId: e.userId, day: e.day, version: e.state?.version ?? Number.MAX_SAFE_INTEGER })
-      byBucket.set(e.bucket, list)
+      run.push({ userId: e.userId, day: e.day, version: e.state?.version ?? Number.MAX_SAFE_INTEGER })
     }
-    const counts = await mapLimited([...byBucket], ACKS_IN_FLIGHT, ([bucket, written]) => this.#options.store.acknowledge(bucket, written, readAt))
+    const counts = await mapLimited(runs, ACKS_IN_FLIGHT, ([b, written]) => this.#options.store.acknowledge(b, written, readAt))
     return counts.reduce((a, b) => a + b, 0)
   }
 

@@ -20,6 +20,7 @@ import {
 } from './amounts.ts'
 import type { PreparedAmounts } from './amounts.ts'
 import { DenyCache } from './deny-cache.ts'
+import type { Lead } from './deny-cache.ts'
 import { IdempotencyConflictError, IdempotencyKeyLimitError, TotalTooLargeError, UsageUnavailableError } from './errors.ts'
 import type { Amounts, CallOptions, ConsumeResult, ConsumedMetric, Decision, MetricState, UsageStatus } from './types.ts'
 
@@ -94,12 +95,12 @@ export class UsageService {
   }
 
   /** Atomic check-and-increment of one or several metrics: all or nothing. */
-  async consume(userId: string, amounts: Amounts, options: CallOptions = {}): Promise<ConsumeResult> {
+  consume(userId: string, amounts: Amounts, options: CallOptions = {}): Promise<ConsumeResult> {
     return this.#spend('consume', userId, amounts, options)
   }
 
   /** Records actual usage unconditionally (storage may be negative: data deleted). */
-  async incrementUsage(userId: string, metric: MetricName, amount: number, options: CallOptions = {}): Promise<ConsumeResult> {
+  incrementUsage(userId: string, metric: MetricName, amount: number, options: CallOptions = {}): Promise<ConsumeResult> {
     return this.#spend('increment', userId, { [metric]: amount }, options)
   }
 
@@ -112,6 +113,8 @@ export class UsageService {
     this.#denials?.forget(id)
     try {
       await this.#options.store.decide({ mode: 'refund', userId: id, day, now, metrics })
+      // Again once applied: a denial Redis gave meanwhile (before the refund ran) is stale now.
+      this.#denials?.forget(id)
     } catch (err) {
       if (err instanceof CounterUnavailableError) {
         // The request already failed for its own reason; losing a refund over-counts, never over-admits.
@@ -151,17 +154,70 @@ export class UsageService {
     this.#denials?.forget(userId)
   }
 
-  async #spend(mode: SpendMode, userId: string, amounts: Amounts, options: CallOptions): Promise<ConsumeResult> {
-    const id = normalizeUserId(userId)
-    checkIdempotencyKey(options.idempotencyKey)
-    const prepared = prepareAmounts(amounts, mode === 'increment')
-    const tier = await this.#tier(id)
+  #spend(mode: SpendMode, userId: string, amounts: Amounts, options: CallOptions): Promise<ConsumeResult> {
+    let id: string
+    let prepared: PreparedAmounts
+    let tier: string | undefined
+    try {
+      id = normalizeUserId(userId)
+      checkIdempotencyKey(options.idempotencyKey)
+      prepared = mode === 'increment' ? prepareAmounts(amounts, true) : prepareFixed(amounts)
+      tier = this.#options.limits.cachedUserTier(id)
+    } catch (err) {
+      return Promise.reject(err as Error)
+    }
+    // A cached tier (the steady state) costs no await.
+    return tier === undefined
+      ? this.#tier(id).then((t) => this.#spendAs(mode, id, t, prepared, options.idempotencyKey))
+      : this.#spendAs(mode, id, tier, prepared, options.idempotencyKey)
+  }
+
+  async #spendAs(
+    mode: SpendMode, id: string, tier: string, prepared: PreparedAmounts, idempotencyKey: string | undefined,
+  ): Promise<ConsumeResult> {
     const limits = this.#limitsOf(tier)
     const now = this.#options.clock.now()
-    const day = utcDay(now)
-    const remembered = this.#rememberedDenial(mode, id, day, tier, limits, prepared, options.idempotencyKey, now)
+    // The deny cache knows single-metric consumes of a daily limit (see DenyCache).
+    const metric = prepared.metrics[0] as MetricName
+    const denials = this.#denials
+    const denyKey = denials !== undefined && mode === 'consume' && prepared.metrics.length === 1
+      && METRICS[metric].period === 'day' && limits[metric] !== null
+      ? DenyCache.key(id, utcDay(now), metric)
+      : undefined
+    // Idempotent calls always go to the store (a replay must answer as the first call did).
+    if (denyKey === undefined || denials === undefined || idempotencyKey !== undefined) {
+      const answer = await this.#decide(mode, id, tier, limits, prepared, now, idempotencyKey)
+      return this.#answer(id, tier, limits, prepared, now, answer, denyKey)
+    }
+    const remembered = this.#rememberedDenial(denyKey, tier, limits, prepared, now)
     if (remembered) return remembered
-    const answer = await this.#decide(mode, id, tier, limits, prepared, now, options.idempotencyKey)
+    const shared = denials.coalesce(denyKey, prepared.micro[0] as number, tier, limits[metric])
+    if (shared?.follow) {
+      // An identical decision, likely a denial, is in flight: its denial is ours too. Followed
+      // once only: after an admission every follower asks the store at once, as it would have.
+      await shared.follow.settled()
+      const denied = this.#rememberedDenial(denyKey, tier, limits, prepared, now)
+      if (denied) return denied
+    }
+    const lead = shared?.led
+    try {
+      const answer = await this.#decide(mode, id, tier, limits, prepared, now, undefined)
+      return this.#answer(id, tier, limits, prepared, now, answer, denyKey, lead)
+    } finally {
+      // Followers go on once the lead's denial is remembered (or it was not a denial).
+      if (lead) denials.end(lead)
+    }
+  }
+
+  /**
+   * The store's answer as the service gives it. A consume that may use the deny cache (`denyKey`)
+   * remembers a denial, and an admission that left less than its amount as a hint.
+   */
+  #answer(
+    id: string, tier: string, limits: TierLimits, prepared: PreparedAmounts, now: number,
+    answer: DecisionAnswer | null, denyKey?: string, lead?: Lead,
+  ): ConsumeResult {
+    const day = utcDay(now)
     if (answer === null) return degradedResult(prepared, tier, day, limits, now)
     if (answer.outcome === 'key-reused') throw new IdempotencyConflictError()
     if (answer.outcome === 'too-large') {
@@ -176,13 +232,13 @@ export class UsageService {
     const answerDay = answer.replayed && answer.context ? answer.context.day : day
     const answerNow = answerDay === day ? now : Date.parse(`${answerDay}T12:00:00Z`)
     const metrics: Partial<Record<MetricName, ConsumedMetric>> = {}
-    prepared.metrics.forEach((m, i) => {
-      metrics[m] = { ...metricState(m, answer.current[i] ?? 0, answer.limits[i] ?? null), amount: fromMicro(prepared.micro[i] ?? 0) }
-    })
-    const deniedMetric = answer.deniedIndex >= 0 ? (prepared.metrics[answer.deniedIndex] ?? null) : null
-    if (deniedMetric && mode === 'consume' && !answer.replayed && answerTier === tier) {
-      this.#rememberDenial(id, day, tier, prepared, answer, deniedMetric)
+    for (let i = 0; i < prepared.metrics.length; i++) {
+      const m = prepared.metrics[i] as MetricName
+      const state = metricState(m, answer.current[i] ?? 0, answer.limits[i] ?? null)
+      metrics[m] = { current: state.current, limit: state.limit, remaining: state.remaining, unit: state.unit, period: state.period, amount: fromMicro(prepared.micro[i] ?? 0) }
     }
+    const deniedMetric = answer.deniedIndex >= 0 ? (prepared.metrics[answer.deniedIndex] ?? null) : null
+    if (denyKey !== undefined && this.#denials && !answer.replayed) this.#observe(this.#denials, id, denyKey, tier, prepared, answer, lead)
     return {
       allowed: answer.outcome === 'allowed',
       reason: deniedMetric ? denialReason(deniedMetric) : null,
@@ -195,27 +251,28 @@ export class UsageService {
     }
   }
 
-  /** Remembers a fresh single-metric denial of a daily limit (see DenyCache). */
-  #rememberDenial(
-    userId: string, day: string, tier: string, prepared: PreparedAmounts, answer: DecisionAnswer, metric: MetricName,
+  /**
+   * Feeds the deny cache from a fresh answer to a single-metric consume of a daily limit: a denial
+   * is remembered; an admission that left less than the amount is kept as a hint.
+   */
+  #observe(
+    denials: DenyCache, userId: string, key: string, tier: string, prepared: PreparedAmounts, answer: DecisionAnswer, lead: Lead | undefined,
   ): void {
     const limit = answer.limits[0]
-    if (!this.#denials || prepared.metrics.length !== 1 || METRICS[metric].period !== 'day' || limit === null || limit === undefined) return
-    this.#denials.remember(userId, day, metric, { tier, current: answer.current[0] ?? 0, limit })
+    const current = answer.current[0]
+    if (limit === null || limit === undefined || current === undefined) return
+    if (answer.outcome === 'denied') denials.remember(userId, key, { tier, current, limit }, lead)
+    else if (answer.outcome === 'allowed' && current + (prepared.micro[0] ?? 0) > limit) denials.hint(userId, key, { tier, current, limit })
   }
 
   /**
    * A single-metric consume of a daily metric already denied for this user, tier and limit in the
    * last second, answered without the store (it can only deny). Idempotent calls always go to it.
    */
-  #rememberedDenial(
-    mode: SpendMode, userId: string, day: string, tier: string, limits: TierLimits, prepared: PreparedAmounts,
-    idempotencyKey: string | undefined, now: number,
-  ): ConsumeResult | undefined {
-    if (!this.#denials || mode !== 'consume' || idempotencyKey !== undefined || prepared.metrics.length !== 1) return undefined
+  #rememberedDenial(key: string, tier: string, limits: TierLimits, prepared: PreparedAmounts, now: number): ConsumeResult | undefined {
     const metric = prepared.metrics[0] as MetricName
     const amount = prepared.micro[0] ?? 0
-    const denial = this.#denials.check(userId, day, metric, amount, tier, limits[metric])
+    const denial = this.#denials?.check(key, amount, tier, limits[metric])
     if (!denial) return undefined
     this.#telemetry.denyCacheHit(metric)
     if (denial.answer?.amount === amount) return denial.answer.result
@@ -224,7 +281,7 @@ export class UsageService {
       reason: denialReason(metric),
       deniedMetric: metric,
       tier,
-      day,
+      day: utcDay(now),
       metrics: Object.freeze({ [metric]: Object.freeze({ ...metricState(metric, denial.current, denial.limit), amount: fromMicro(amount) }) }),
       resetsAt: resetsAt(prepared.metrics, now),
       replayed: false,
@@ -299,6 +356,22 @@ export class UsageService {
 export function unavailable(err: unknown): Error {
   if (err instanceof CounterUnavailableError) return new UsageUnavailableError(undefined, { cause: err })
   return err instanceof Error ? err : new Error(String(err))
+}
+
+/**
+ * Prepared amounts of a consume. A frozen amounts object (a guard's, fixed at start-up) is
+ * prepared once: a guarded request does not validate and convert the same amounts again.
+ */
+const preparedFrozen = new WeakMap<Amounts, PreparedAmounts>()
+
+function prepareFixed(amounts: Amounts): PreparedAmounts {
+  if (amounts === null || typeof amounts !== 'object' || !Object.isFrozen(amounts)) return prepareAmounts(amounts, false)
+  let prepared = preparedFrozen.get(amounts)
+  if (prepared === undefined) {
+    prepared = prepareAmounts(amounts, false)
+    preparedFrozen.set(amounts, prepared)
+  }
+  return prepared
 }
 
 /** Earliest reset among the metrics (ISO): the next UTC midnight, or null when only the gauge. */
