@@ -23,9 +23,13 @@ const STATUS = {
 /** Added to the status of an answer replayed from an idempotency key. */
 const REPLAYED = 10
 
-/** Seconds a new shard-day hash lives, from `now` on the caller's clock; at least one minute. */
-export function dayKeyTtlSeconds(day: string, now: number): number {
-  return Math.max(60, Math.ceil((startOfUtcDay(day) + DAY_KEY_LIFETIME_MS - now) / 1000))
+/**
+ * Seconds a new shard-day hash lives, from `now` on the caller's clock; at least one minute.
+ * `day` is the day or the ms its day starts.
+ */
+export function dayKeyTtlSeconds(day: string | number, now: number): number {
+  const start = typeof day === 'number' ? day : startOfUtcDay(day)
+  return Math.max(60, Math.ceil((start + DAY_KEY_LIFETIME_MS - now) / 1000))
 }
 
 /** A decision encoded for decide.lua, waiting for its call. */
@@ -81,6 +85,22 @@ export function decodeContext(text: string): AnswerContext {
   return { day: text.slice(0, space), tier: text.slice(space + 1) }
 }
 
+/** What a decision needs to know of its day; the same for every decision of the day. */
+interface DayFacts {
+  readonly day: string
+  readonly previous: string
+  readonly start: number
+  readonly period: number
+}
+
+/** The facts of the last day asked for: decisions of one day are most of the traffic. */
+let lastDay: DayFacts | undefined
+
+function factsOf(day: string): DayFacts {
+  if (lastDay?.day !== day) lastDay = { day, previous: previousDay(day), start: startOfUtcDay(day), period: gaugePeriod(day) }
+  return lastDay
+}
+
 /**
  * `idempotencyKeysPerUser`: most idempotency keys one user may hold (0 = no bound), slot 9 of
  * the decision.
@@ -93,9 +113,10 @@ export function encodeDecision(
   const { userId, day, now, idempotency } = request
   const slot = slotOf(userId)
   const bucket = slot.bucket
-  const period = gaugePeriod(day)
+  const facts = factsOf(day)
+  const period = facts.period
   const keys = [
-    keySpace.userDay(userId, day, slot), keySpace.userDay(userId, previousDay(day), slot),
+    keySpace.userDay(userId, day, slot), keySpace.userDay(userId, facts.previous, slot),
     keySpace.gauges(bucket, slot.shard, period), keySpace.gauges(bucket, slot.shard, period - 1),
   ]
   if (idempotency) {
@@ -104,9 +125,9 @@ export function encodeDecision(
   // Values handed to Redis commands as they are (now, lifetimes, names) go as JSON strings; the
   // amounts and limits are numbers, only compared. The user id is escaped like any string that
   // came from outside.
-  let body = `"${request.mode}","${now}",${JSON.stringify(userId)},"${dayKeyTtlSeconds(day, now)}",`
+  let body = `"${request.mode}","${now}",${JSON.stringify(userId)},"${dayKeyTtlSeconds(facts.start, now)}",`
     + `"${markMember(day, slot.shard)}","${IDEMPOTENCY_TTL_S}",${idempotencyKeysPerUser},`
-    + `${keyChecked ? 1 : 0},${startOfUtcDay(day)},"${gaugeTtlSeconds(period, now)}",${request.metrics.length}`
+    + `${keyChecked ? 1 : 0},${facts.start},"${gaugeTtlSeconds(period, now)}",${request.metrics.length}`
   for (const m of request.metrics) body += `,${POSITION[m.metric]},${m.amount},${m.limit ?? -1}`
   return {
     bucket,
