@@ -310,7 +310,10 @@ export class Flusher {
         written += n
         this.stats.rowsWritten += n
         this.#options.telemetry?.flushRows(n)
-        acked += await this.#ack(entries, from, to, readAt, refused)
+        // Not `acked += await …`: that reads `acked` before awaiting, and the other worker's
+        // acknowledgements in between would be lost from the count.
+        const batchAcked = await this.#ack(entries, from, to, readAt, refused)
+        acked += batchAcked
       }
     }
     // allSettled: a failed batch stops the pass only once the other worker is done too, so no write
