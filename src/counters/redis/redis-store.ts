@@ -295,7 +295,8 @@ export class RedisCounterStore implements CounterStore {
     await SCRIPTS.seed.run(this.redis, [
       this.keys.userDay(userId, day, slot), this.keys.marks(bucket), this.keys.epoch(bucket),
       legacyV1.day(this.keys, bucket, userId, day), legacyV1.gauge(this.keys, bucket, userId), legacyV1.dirty(this.keys, bucket),
-      this.keys.gauges(bucket, slot.shard, period),
+      this.keys.gauges(bucket, slot.shard, period), this.keys.gauges(bucket, slot.shard, period - 1),
+      this.keys.userDay(userId, previousDay(day), slot),
     ], [
       userId, seedable(counts.deployments), seedable(counts.api_calls), seedable(counts.compute_hours), seedable(state.gauge),
       state.version, dayKeyTtlSeconds(day, now), now, markMember(day, slot.shard), legacyV1.member(userId, day),

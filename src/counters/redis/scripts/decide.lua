@@ -133,10 +133,11 @@ local function answer(status, denied)
   out[#out + 1] = denied
 end
 
--- "d,a,c,s,v,f" as six numbers.
+-- "d,a,c,s,v,f" as six numbers; `text` keeps the six as written, so a write formats only the
+-- numbers it changes (string.format costs about as much as the HGET).
 local function parse_entry(raw)
   local d, a, c, s, v, f = string.match(raw, '^(%d+),(%d+),(%d+),(%d+),(%d+),(%d+)$')
-  return { tonumber(d), tonumber(a), tonumber(c), tonumber(s), tonumber(v), tonumber(f) }
+  return { tonumber(d), tonumber(a), tonumber(c), tonumber(s), tonumber(v), tonumber(f), text = { d, a, c, s, v, f } }
 end
 
 -- An earlier answer stored under the idempotency key: "fingerprint,status,denied,cur..,lim..,context"
@@ -185,7 +186,7 @@ local function read_entry(args, keys)
     storage = tonumber(redis.call('HGET', keys.gauges, args[USER]) or redis.call('HGET', keys.last_gauges, args[USER]) or '')
     if not storage then return nil, dirty_count end
   end
-  return { 0, 0, 0, storage, 0, 0 }, dirty_count
+  return { 0, 0, 0, storage, 0, 0, text = { '0', '0', '0', fmt(storage), '0', '0' } }, dirty_count
 end
 
 -- Index of the first metric an addition would take past MAX_TOTAL (0 = none). current is at most
@@ -225,16 +226,18 @@ local function apply(args, positions, amounts, current, entry, dirty_count, keys
   local sign = 1
   if args[MODE] == 'refund' then sign = -1 end
   local storage_changed = false
+  local text = entry.text
   for i = 1, #positions do
     local v = current[i] + sign * amounts[i]
     if v < 0 then v = 0 end -- a refund or a storage decrement never goes below 0
     current[i] = v
     entry[positions[i]] = v
+    text[positions[i]] = fmt(v)
     if positions[i] == 4 then storage_changed = true end
   end
   local first_of_day = entry[VERSION] == 0
   if storage_changed or first_of_day then
-    redis.call('HSET', keys.gauges, args[USER], fmt(entry[4]))
+    redis.call('HSET', keys.gauges, args[USER], text[4])
     if first_of_day then redis.call('EXPIRE', keys.gauges, args[GAUGE_TTL], 'NX') end
   end
   local today_key = keys.today
@@ -243,8 +246,7 @@ local function apply(args, positions, amounts, current, entry, dirty_count, keys
   local count = tonumber(dirty_count) or 0
   if was_clean then count = count + 1 end
   redis.call('HSET', today_key, args[USER],
-    fmt(entry[1]) .. ',' .. fmt(entry[2]) .. ',' .. fmt(entry[3]) .. ',' .. fmt(entry[4]) .. ','
-      .. fmt(entry[VERSION]) .. ',' .. fmt(entry[FLUSHED]),
+    text[1] .. ',' .. text[2] .. ',' .. text[3] .. ',' .. text[4] .. ',' .. fmt(entry[VERSION]) .. ',' .. text[FLUSHED],
     '#', count)
   if not dirty_count then redis.call('EXPIRE', today_key, args[DAY_TTL]) end
   if was_clean then redis.call('ZADD', marks_key, 'NX', args[NOW], args[MARK]) end

@@ -10,6 +10,8 @@ KEYS[4]  v1 day hash          <p>{b}:d:<user>:<day>   (layout version 1, legacy-
 KEYS[5]  v1 gauge             <p>{b}:g:<user>
 KEYS[6]  v1 dirty set         <p>{b}:dirty
 KEYS[7]  gauges               <p>{b}:g:<shard>:<period of the day>
+KEYS[8]  last gauges          <p>{b}:g:<shard>:<period - 1>
+KEYS[9]  the day before       <p>{b}:u:<day - 1>:<shard>
 
 ARGV[1]     user id
 ARGV[2..5]  d a c (micro-units, from daily_usage) and the storage gauge (latest storage_gb up to
@@ -25,8 +27,9 @@ ARGV[11]    lifetime of a new gauges hash, seconds
 A user-day still in layout version 1 (an upgrade in progress) is moved here instead, in this
 script: its v1 day hash is at least as new as Postgres (whose rows come from it), so it wins; it is
 deleted there and its entry here is dirty, so the flusher writes it (the version guard makes that a
-no-op when Postgres has it already). Without a v1 day, a v1 gauge (newer than Postgres until
-flushed) gives the storage.
+no-op when Postgres has it already). Otherwise the storage is what Redis still holds, newest first
+(yesterday's entry, the gauges of this and the last period, a v1 gauge): it is at least as new as
+Postgres, whose rows come from it. Only without any of them does ARGV[5] give it.
 
 The gauge is written too (the user is known to this Redis from now on).
 
@@ -55,11 +58,13 @@ if v1[5] then
 else
   local version = tonumber(ARGV[6])
   local storage = ARGV[5]
-  local v1_gauge = redis.call('GET', KEYS[5])
+  local before = redis.call('HGET', KEYS[9], user)
+  local kept = (before and string.match(before, '^%d+,%d+,%d+,(%d+),'))
+    or redis.call('HGET', KEYS[7], user) or redis.call('HGET', KEYS[8], user) or redis.call('GET', KEYS[5])
   local flushed = version
-  if v1_gauge and v1_gauge ~= storage then
+  if kept and kept ~= storage then
     -- Newer than Postgres: dirty, one version past the row, so it is written.
-    storage = v1_gauge
+    storage = kept
     version = version + 1
     dirty = true
   end
