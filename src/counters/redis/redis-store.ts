@@ -1,22 +1,22 @@
 /**
  * The CounterStore on Redis (standalone today; every key of a call shares one hash tag, so the
- * same calls run on a cluster). The only code that knows the Lua scripts and the key layout
- * (keys.ts). Decisions go through a ScriptBatcher (one decide.lua call per bucket per event-loop
- * turn); seeds, resets and the flusher's reads and acknowledgements are one script call each.
+ * same calls run on a cluster). With flush-ledger.ts, the only code that knows the Lua scripts
+ * and the key layout (keys.ts). Decisions go through a ScriptBatcher (one decide.lua call per
+ * bucket per event-loop turn); seeds and resets are one script call each; the flusher's reads and
+ * acknowledgements are the FlushLedger's, on the flusher's own connection.
  *
  * Decision deadlines: a call that timed out here may still sit in Redis' socket buffer (Redis
  * paused, not dead) and run later, after the caller answered without it. With
  * `commandTimeoutMs`, every decision carries a deadline in Redis-server time (ServerClock) past
  * which decide.lua applies nothing.
  */
-import type { ChainableCommander, Redis } from 'ioredis'
+import type { Redis } from 'ioredis'
 import { previousDay, startOfUtcDay } from '../../clock.ts'
-import { mapLimited } from '../../limited.ts'
-import { MAX_TOTAL_MICRO, METRIC_NAMES } from '../../metrics.ts'
+import { MAX_TOTAL_MICRO } from '../../metrics.ts'
 import type { MetricName } from '../../metrics.ts'
 import { CounterUnavailableError } from '../errors.ts'
 import type {
-  CounterStore, DecisionAnswer, DecisionRequest, DirtyUserDay, KeyLoader, MetricCounts, PendingKey, SeedLoader, SeedState,
+  CounterStore, DecisionAnswer, DecisionRequest, DirtyUserDay, KeyLoader, PendingKey, SeedLoader, SeedState,
   WrittenUserDay,
 } from '../store.ts'
 import { MAX_ITEMS_PER_CALL, ScriptBatcher } from './batcher.ts'
@@ -24,37 +24,16 @@ import type { BatchCodec } from './batcher.ts'
 import { ServerClock } from './client.ts'
 import { dayKeyTtlSeconds, decodeReply, encodeCall, encodeDecision } from './decide-protocol.ts'
 import type { EncodedDecision, ScriptAnswer } from './decide-protocol.ts'
-import { classify } from './errors.ts'
-import {
-  BUCKETS, KeySpace, POSITION, SHARDS, gaugePeriod, gaugeTtlSeconds, markMember, outboxMember, parseMarkMember, parseOutboxMember, slotOf,
-} from './keys.ts'
+import { KeySpace, POSITION, gaugePeriod, gaugeTtlSeconds, markMember, slotOf } from './keys.ts'
 import { legacyV1 } from './legacy-v1.ts'
-import { LuaScript } from './lua-script.ts'
-
-const SCRIPTS = {
-  decide: LuaScript.fromFile('decide'),
-  seed: LuaScript.fromFile('seed'),
-  reset: LuaScript.fromFile('reset'),
-  ack: LuaScript.fromFile('ack'),
-  read: LuaScript.fromFile('read'),
-  restoreKey: LuaScript.fromFile('restore-key'),
-  legacyRead: LuaScript.fromFile('legacy-v1-read'),
-  legacyAck: LuaScript.fromFile('legacy-v1-ack'),
-  repairMarks: LuaScript.fromFile('repair-marks'),
-}
-
-/** How often readDirty also sweeps for lost marks (repair-marks.lua). */
-export const MARK_REPAIR_INTERVAL_MS = 30_000
-/** Days whose marks the sweep checks: the latest ones decisions were made on. */
-const RECENT_DAYS = 3
+import { FlushLedger } from './flush-ledger.ts'
+import { SCRIPTS } from './scripts.ts'
 
 /** Share of the command timeout within which Redis must have run a decision (see the constructor). */
 export const DEADLINE_SHARE = 0.8
 
 /** Seeding attempts of one decision before the store gives up (another replica keeps resetting). */
 const MAX_SEED_ATTEMPTS = 3
-/** The flusher's bucket scripts in flight at once (see mapLimited). */
-export const FLUSH_SCRIPTS_IN_FLIGHT = 2
 
 const DAY = /^\d{4}-\d{2}-\d{2}$/
 
@@ -134,14 +113,7 @@ export class RedisCounterStore implements CounterStore {
   readonly #bulkCommandTimeoutMs: number | undefined
   readonly #keysPerUser: number
   readonly #telemetry: StoreTelemetry | undefined
-  /**
-   * User-days ("<user>:<day>") the last readDirty found in layout version 1 (an upgrade
-   * draining): their acknowledgement goes to the v1 dirty set.
-   */
-  readonly #legacyRead = new Set<string>()
-  /** The latest days decided on (newest last), for the lost-mark sweep. */
-  readonly #recentDays: string[] = []
-  #lastRepair = 0
+  readonly #ledger: FlushLedger
   /** The flusher's connection: the decision one until start() opens its own. */
   #bulk: Redis
 
@@ -153,6 +125,7 @@ export class RedisCounterStore implements CounterStore {
     this.#loader = options.loader
     this.#keyLoader = options.keyLoader
     this.#bulk = redis
+    this.#ledger = new FlushLedger(this.keys, () => this.#bulk)
     this.#bulkCommandTimeoutMs = options.bulkCommandTimeoutMs
     const keysPerUser = options.idempotencyKeysPerUser ?? DEFAULT_IDEMPOTENCY_KEYS_PER_USER
     if (!Number.isSafeInteger(keysPerUser) || keysPerUser < 0) {
@@ -207,7 +180,7 @@ export class RedisCounterStore implements CounterStore {
 
   async decide(request: DecisionRequest, options: RedisDecideOptions = {}): Promise<DecisionAnswer> {
     checkRequest(request)
-    if (this.#recentDays.at(-1) !== request.day) this.#noteDay(request.day)
+    this.#ledger.noteDay(request.day)
     let encoded = encodeDecision(request, this.keys, options.deadline ?? this.#deadline, this.#keysPerUser)
     for (let attempt = 1; ; attempt++) {
       const answer = await this.#batcher.submit(encoded.bucket, encoded)
@@ -237,36 +210,6 @@ export class RedisCounterStore implements CounterStore {
           }
       }
     }
-  }
-
-  #noteDay(day: string): void {
-    const days = this.#recentDays
-    const at = days.indexOf(day)
-    if (at >= 0) days.splice(at, 1)
-    days.push(day)
-    if (days.length > RECENT_DAYS) days.shift()
-  }
-
-  /**
-   * Puts back the marks of shard-days that hold dirty users but lost their mark, for `days`
-   * (default: the latest days decided on); see repair-marks.lua. Returns how many came back.
-   */
-  async repairMarks(days: readonly string[] = this.#recentDays, now = Date.now()): Promise<number> {
-    this.#lastRepair = Date.now()
-    if (days.length === 0) return 0
-    const buckets = Array.from({ length: BUCKETS }, (_, b) => b)
-    const restored = await mapLimited(buckets, FLUSH_SCRIPTS_IN_FLIGHT, async (bucket) => {
-      const keys = [this.keys.marks(bucket)]
-      const args: (string | number)[] = [now]
-      for (const day of days) {
-        for (let shard = 0; shard < SHARDS; shard++) {
-          keys.push(this.keys.shardDay(bucket, shard, day))
-          args.push(markMember(day, shard))
-        }
-      }
-      return Number(await SCRIPTS.repairMarks.run(this.#bulk, keys, args))
-    })
-    return restored.reduce((a, b) => a + b, 0)
   }
 
   /**
@@ -313,44 +256,6 @@ export class RedisCounterStore implements CounterStore {
     ])
   }
 
-  async readPendingKeys(maxPerBucket: number): Promise<PendingKey[]> {
-    const perBucket = await this.#perBucket((p, bucket) => p.zrange(this.keys.keyOutbox(bucket), '0', String(maxPerBucket - 1)))
-    const members: Omit<PendingKey, 'kept'>[] = []
-    perBucket.forEach((raw, bucket) => {
-      for (const member of raw as string[]) members.push({ bucket, ...parseOutboxMember(member) })
-    })
-    if (members.length === 0) return []
-    let replies: [Error | null, unknown][]
-    try {
-      const reads = this.#bulk.pipeline()
-      for (const m of members) {
-        const name = this.keys.idempotency(m.userId, m.key, m.bucket)
-        reads.get(name)
-        reads.pttl(name)
-      }
-      replies = (await reads.exec()) ?? []
-    } catch (err) {
-      throw classify(err)
-    }
-    const readAt = Date.now()
-    return members.map((m, i) => {
-      const [getErr, answer] = replies[2 * i] ?? [new Error('no reply'), null]
-      const [ttlErr, ttl] = replies[2 * i + 1] ?? [new Error('no reply'), null]
-      if (getErr || ttlErr) throw classify(getErr ?? ttlErr)
-      const alive = typeof answer === 'string' && Number(ttl) > 0
-      return { ...m, kept: alive ? { answer, expiresAt: readAt + Number(ttl) } : null }
-    })
-  }
-
-  async acknowledgeKeys(bucket: number, keys: readonly { userId: string; key: string }[]): Promise<number> {
-    if (keys.length === 0) return 0
-    try {
-      return await this.#bulk.zrem(this.keys.keyOutbox(bucket), ...keys.map((k) => outboxMember(k.userId, k.key)))
-    } catch (err) {
-      throw classify(err)
-    }
-  }
-
   async reset(userId: string, day: string, now: number, metrics: readonly MetricName[]): Promise<void> {
     const slot = slotOf(userId)
     const { bucket, shard } = slot
@@ -371,176 +276,32 @@ export class RedisCounterStore implements CounterStore {
     }
   }
 
-  /**
-   * Up to about `maxPerBucket` dirty user-days of every bucket, oldest shard-day first, with
-   * their current values: one pipeline of ZRANGE (the marks, and the dirty sets of layout
-   * version 1 while an upgrade drains them), then one read.lua call per bucket (its keys share
-   * the slot). Whole shard-days are read, so a bucket may give a few more than `maxPerBucket`.
-   */
-  async readDirty(maxPerBucket: number): Promise<DirtyUserDay[]> {
-    if (Date.now() - this.#lastRepair >= MARK_REPAIR_INTERVAL_MS) await this.repairMarks()
-    const replies = await this.#perBucket((p, bucket) => {
-      p.zrange(this.keys.marks(bucket), '0', String(maxPerBucket - 1), 'WITHSCORES')
-      p.zrange(legacyV1.dirty(this.keys, bucket), '0', String(maxPerBucket - 1), 'WITHSCORES')
-    })
-    const work: { bucket: number; marks: string[]; legacy: string[] }[] = []
-    for (let bucket = 0; bucket < BUCKETS; bucket++) {
-      const marks = replies[2 * bucket] as string[]
-      const legacy = replies[2 * bucket + 1] as string[]
-      if (marks.length > 0 || legacy.length > 0) work.push({ bucket, marks, legacy })
-    }
-    const out: DirtyUserDay[] = []
-    await mapLimited(work, FLUSH_SCRIPTS_IN_FLIGHT, async ({ bucket, marks, legacy }) => {
-      if (marks.length > 0) out.push(...await this.#readMarked(bucket, marks, maxPerBucket))
-      if (legacy.length > 0) out.push(...await this.#readLegacy(bucket, legacy))
-    })
-    return out
+  // The flusher's side (flush-ledger.ts).
+  repairMarks(days?: readonly string[], now?: number): Promise<number> {
+    return this.#ledger.repairMarks(days, now)
   }
 
-  /** The dirty user-days of a bucket's marked shard-days (`marks`: member, score, ...). */
-  async #readMarked(bucket: number, marks: readonly string[], limit: number): Promise<DirtyUserDay[]> {
-    const shardDays: { day: string; since: number }[] = []
-    const keys = [this.keys.marks(bucket)]
-    const args: (string | number)[] = [limit]
-    for (let i = 0; i < marks.length; i += 2) {
-      const member = marks[i] as string
-      const { day, shard } = parseMarkMember(member)
-      shardDays.push({ day, since: Number(marks[i + 1]) })
-      keys.push(this.keys.shardDay(bucket, shard, day))
-      args.push(member)
-    }
-    const perHash = String(await SCRIPTS.read.run(this.#bulk, keys, args)).split('|')
-    const out: DirtyUserDay[] = []
-    shardDays.forEach(({ day, since }, i) => {
-      const rows = perHash[i]
-      if (!rows || rows === '~') return
-      for (const row of rows.split(';')) {
-        const comma = row.indexOf(',')
-        out.push({ bucket, userId: row.slice(0, comma), day, since, state: parseCounts(row.slice(comma + 1)) })
-      }
-    })
-    return out
+  readDirty(maxPerBucket: number): Promise<DirtyUserDay[]> {
+    return this.#ledger.readDirty(maxPerBucket)
   }
 
-  /** User-days still in layout version 1's dirty set (`members`: member, score, ...). */
-  async #readLegacy(bucket: number, members: readonly string[]): Promise<DirtyUserDay[]> {
-    const list: Omit<DirtyUserDay, 'state'>[] = []
-    for (let i = 0; i < members.length; i += 2) {
-      list.push({ bucket, ...legacyV1.parseMember(members[i] as string), since: Number(members[i + 1]) })
-    }
-    const keys = list.map((m) => legacyV1.day(this.keys, bucket, m.userId, m.day))
-    const rows = String(await SCRIPTS.legacyRead.run(this.#bulk, keys, [])).split(';')
-    return list.map((m, i) => {
-      this.#legacyRead.add(legacyV1.member(m.userId, m.day))
-      const row = rows[i] ?? '-'
-      return { ...m, state: row === '-' ? null : parseCounts(row) }
-    })
+  acknowledge(bucket: number, written: readonly WrittenUserDay[], readAt = 0): Promise<number> {
+    return this.#ledger.acknowledge(bucket, written, readAt)
   }
 
-  async acknowledge(bucket: number, written: readonly WrittenUserDay[], readAt = 0): Promise<number> {
-    if (written.length === 0) return 0
-    const byHash = new Map<string, { member: string; pairs: (string | number)[] }>()
-    const legacy: WrittenUserDay[] = []
-    for (const w of written) {
-      if (this.#legacyRead.delete(legacyV1.member(w.userId, w.day))) {
-        legacy.push(w)
-        continue
-      }
-      const { shard } = slotOf(w.userId)
-      const hash = this.keys.shardDay(bucket, shard, w.day)
-      let entry = byHash.get(hash)
-      if (!entry) {
-        entry = { member: markMember(w.day, shard), pairs: [] }
-        byHash.set(hash, entry)
-      }
-      entry.pairs.push(w.userId, w.version)
-    }
-    let cleaned = 0
-    if (byHash.size > 0) {
-      const args: (string | number)[] = [readAt]
-      for (const { member, pairs } of byHash.values()) args.push(member, pairs.length / 2, ...pairs)
-      cleaned += Number(await SCRIPTS.ack.run(this.#bulk, [this.keys.marks(bucket), ...byHash.keys()], args))
-    }
-    if (legacy.length > 0) {
-      const keys = [legacyV1.dirty(this.keys, bucket), ...legacy.map((w) => legacyV1.day(this.keys, bucket, w.userId, w.day))]
-      const args = [readAt, ...legacy.flatMap((w) => [legacyV1.member(w.userId, w.day), w.version])]
-      cleaned += Number(await SCRIPTS.legacyAck.run(this.#bulk, keys, args))
-    }
-    return cleaned
+  readPendingKeys(maxPerBucket: number): Promise<PendingKey[]> {
+    return this.#ledger.readPendingKeys(maxPerBucket)
   }
 
-  async oldestDirty(): Promise<number | null> {
-    let oldest: number | null = null
-    const replies = await this.#perBucket((p, bucket) => {
-      p.zrange(this.keys.marks(bucket), '0', '0', 'WITHSCORES')
-      p.zrange(legacyV1.dirty(this.keys, bucket), '0', '0', 'WITHSCORES')
-    })
-    for (const flat of replies) {
-      const pair = flat as string[]
-      if (pair.length >= 2) {
-        const since = Number(pair[1])
-        if (oldest === null || since < oldest) oldest = since
-      }
-    }
-    return oldest
+  acknowledgeKeys(bucket: number, keys: readonly { userId: string; key: string }[]): Promise<number> {
+    return this.#ledger.acknowledgeKeys(bucket, keys)
   }
 
-  /**
-   * Dirty user-days per bucket: the "#" of each marked shard-day (two pipelines), plus what
-   * layout version 1 still holds.
-   */
-  async dirtyCounts(): Promise<number[]> {
-    const replies = await this.#perBucket((p, bucket) => {
-      p.zrange(this.keys.marks(bucket), '0', '-1')
-      p.zcard(legacyV1.dirty(this.keys, bucket))
-    })
-    const counts = Array.from({ length: BUCKETS }, (_, bucket) => Number(replies[2 * bucket + 1]))
-    const hashes: { bucket: number; key: string }[] = []
-    for (let bucket = 0; bucket < BUCKETS; bucket++) {
-      for (const member of replies[2 * bucket] as string[]) {
-        const { day, shard } = parseMarkMember(member)
-        hashes.push({ bucket, key: this.keys.shardDay(bucket, shard, day) })
-      }
-    }
-    if (hashes.length === 0) return counts
-    let dirty: [Error | null, unknown][]
-    try {
-      const reads = this.#bulk.pipeline()
-      for (const h of hashes) reads.hget(h.key, '#')
-      dirty = (await reads.exec()) ?? []
-    } catch (err) {
-      throw classify(err)
-    }
-    hashes.forEach((h, i) => {
-      const [err, n] = dirty[i] ?? [new Error('no reply'), null]
-      if (err) throw classify(err)
-      counts[h.bucket] = (counts[h.bucket] ?? 0) + Number(n ?? 0)
-    })
-    return counts
+  oldestDirty(): Promise<number | null> {
+    return this.#ledger.oldestDirty()
   }
 
-  /** Commands per bucket, in one pipeline; the replies in order. */
-  async #perBucket(command: (pipeline: ChainableCommander, bucket: number) => void): Promise<unknown[]> {
-    try {
-      const pipeline = this.#bulk.pipeline()
-      for (let b = 0; b < BUCKETS; b++) command(pipeline, b)
-      const replies = (await pipeline.exec()) ?? []
-      return replies.map(([err, reply]) => {
-        if (err) throw err
-        return reply
-      })
-    } catch (err) {
-      throw classify(err)
-    }
+  dirtyCounts(): Promise<number[]> {
+    return this.#ledger.dirtyCounts()
   }
-}
-
-/** Counts "d,a,c,s,v" — registry order, then the version — as read.lua and legacy-v1-read.lua return them. */
-function parseCounts(row: string): NonNullable<DirtyUserDay['state']> {
-  const values = row.split(',').map(Number)
-  const counts = {} as MetricCounts
-  METRIC_NAMES.forEach((m, i) => {
-    counts[m] = values[i] ?? 0
-  })
-  return { counts, version: values[4] ?? 0 }
 }
