@@ -4,7 +4,8 @@
  */
 import { sql } from 'drizzle-orm'
 import {
-  bigint, bigserial, check, date, foreignKey, index, integer, jsonb, numeric, pgTable, primaryKey, text, timestamp, uuid,
+  bigint, bigserial, check, date, foreignKey, index, integer, jsonb, numeric, pgTable, primaryKey, smallint, text, timestamp,
+  uniqueIndex, uuid,
 } from 'drizzle-orm/pg-core'
 
 export const usageLimits = pgTable(
@@ -121,5 +122,46 @@ export const idempotencyRecords = pgTable(
   (t) => [
     primaryKey({ name: 'idempotency_records_pkey', columns: [t.userId, t.key] }),
     index('idempotency_records_expires_at_idx').on(t.expiresAt),
+  ],
+)
+
+/**
+ * Threshold events (docs/events.md): a daily metric of a user reaching 80 % or 100 % of its limit
+ * on a day, copied from the counter store by the flusher, and the state of its webhook delivery.
+ * One live row (rearmed_at NULL) per user, metric, day and threshold; an admin reset or a tier or
+ * limit change through the API sets rearmed_at, so the next crossing of that day is a new event.
+ */
+export const usageEvents = pgTable(
+  'usage_events',
+  {
+    id: bigint('id', { mode: 'number' }).primaryKey().generatedAlwaysAsIdentity(),
+    userId: uuid('user_id').notNull(),
+    metric: text('metric').notNull(),
+    date: date('date', { mode: 'string' }).notNull(),
+    threshold: smallint('threshold').notNull(),
+    // The metric's value right after the crossing decision, and the limit then in force.
+    current: numeric('current').notNull(),
+    limit: numeric('limit').notNull(),
+    // When the crossing decision ran (the service's clock), not when the row was written.
+    createdAt: timestamp('created_at', { withTimezone: true, mode: 'string' }).notNull(),
+    rearmedAt: timestamp('rearmed_at', { withTimezone: true, mode: 'string' }),
+    attempts: integer('attempts').notNull().default(0),
+    nextAttemptAt: timestamp('next_attempt_at', { withTimezone: true, mode: 'string' }).notNull().defaultNow(),
+    deliveredAt: timestamp('delivered_at', { withTimezone: true, mode: 'string' }),
+    lastError: text('last_error'),
+    gaveUpAt: timestamp('gave_up_at', { withTimezone: true, mode: 'string' }),
+  },
+  (t) => [
+    foreignKey({ name: 'usage_events_user_id_fkey', columns: [t.userId], foreignColumns: [users.id] })
+      .onDelete('cascade'),
+    check('usage_events_threshold', sql`${t.threshold} in (80, 100)`),
+    // One live event per user, metric, day and threshold. Day first: a re-arm names a day (and
+    // maybe a user), and finds its rows through this index.
+    uniqueIndex('usage_events_live_key').on(t.date, t.userId, t.metric, t.threshold).where(sql`${t.rearmedAt} IS NULL`),
+    // The same crossing copied twice (a flush that wrote it and died before the store forgot it)
+    // is one row, live or re-armed since.
+    uniqueIndex('usage_events_crossing_key').on(t.userId, t.metric, t.date, t.threshold, t.createdAt),
+    // The delivery worker's claim: undelivered events by due time.
+    index('usage_events_due_idx').on(t.nextAttemptAt).where(sql`${t.deliveredAt} IS NULL AND ${t.gaveUpAt} IS NULL`),
   ],
 )

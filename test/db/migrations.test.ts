@@ -14,7 +14,7 @@ import { cleanEnv, withoutTapHooks } from '../helpers/net.ts'
 import { REPO_ROOT } from '../helpers/service-process.ts'
 
 const run = promisify(execFile)
-const TAGS = ['0000_init', '0001_utc_tiers_notify', '0002_widen_daily_counts', '0003_admin_audit', '0004_idempotency_records']
+const TAGS = ['0000_init', '0001_utc_tiers_notify', '0002_widen_daily_counts', '0003_admin_audit', '0004_idempotency_records', '0005_usage_events']
 
 /** Runs `fn` on a fresh plain connection (no session options): what an operator's psql sees. */
 async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
@@ -168,10 +168,48 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
     t.same(columns, ['user_id uuid not null', 'key text not null', 'answer text not null', 'expires_at timestamp with time zone not null'])
   })
 
+  t.test('the usage_events table: columns, checks, the live and crossing keys, the due index', async (t) => {
+    const columns = (full.columns as Array<{ table_name: string; column_name: string; data_type: string; is_nullable: string }>)
+      .filter((c) => c.table_name === 'usage_events')
+      .map((c) => `${c.column_name} ${c.data_type}${c.is_nullable === 'NO' ? ' not null' : ''}`)
+    t.same(columns, [
+      'id bigint not null', 'user_id uuid not null', 'metric text not null', 'date date not null', 'threshold smallint not null',
+      'current numeric not null', 'limit numeric not null', 'created_at timestamp with time zone not null',
+      'rearmed_at timestamp with time zone', 'attempts integer not null', 'next_attempt_at timestamp with time zone not null',
+      'delivered_at timestamp with time zone', 'last_error text', 'gave_up_at timestamp with time zone',
+    ])
+    const indexes = (full.indexes as Array<{ tablename: string; indexname: string; indexdef: string }>)
+      .filter((i) => i.tablename === 'usage_events')
+      .map((i) => i.indexdef.replace(/^.* USING btree /, `${i.indexname} `))
+    t.same(indexes.sort(), [
+      'usage_events_crossing_key (user_id, metric, date, threshold, created_at)',
+      'usage_events_due_idx (next_attempt_at) WHERE ((delivered_at IS NULL) AND (gave_up_at IS NULL))',
+      'usage_events_live_key (date, user_id, metric, threshold) WHERE (rearmed_at IS NULL)',
+      'usage_events_pkey (id)',
+    ])
+    const constraints = (full.constraints as Array<{ tbl: string; def: string }>).map((c) => `${c.tbl}: ${c.def}`)
+    t.ok(constraints.includes('usage_events: FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE'), 'user foreign key, cascading')
+    const user = '550e8400-e29b-41d4-a716-446655440000'
+    await db.pool.query(`INSERT INTO users (id, username) VALUES ($1, 'events-check')`, [user])
+    await t.rejects(db.pool.query(
+      `INSERT INTO usage_events (user_id, metric, date, threshold, current, "limit", created_at)
+       VALUES ($1, 'api_calls', '2026-11-28', 90, 9, 10, now())`, [user]), { code: '23514' }, 'threshold 90 refused')
+    await db.pool.query('DELETE FROM users WHERE id = $1', [user])
+  })
+
   let before0001: Awaited<ReturnType<typeof schemaDump>> | undefined
-  t.test('first rollback reverts 0004 only: no idempotency_records', async (t) => {
+  t.test('first rollback reverts 0005 only: no usage_events', async (t) => {
+    t.equal(await rollback(db.url), '0005_usage_events')
+    t.same(await statusLines(db.url), [...TAGS.slice(0, 5).map((tag) => `${tag}: applied`), '0005_usage_events: pending'])
+    const dump = await schemaDump(db.url)
+    t.notOk((dump.columns as Array<{ table_name: string }>).some((c) => c.table_name === 'usage_events'), 'table dropped')
+    t.notOk((dump.indexes as Array<{ tablename: string }>).some((i) => i.tablename === 'usage_events'), 'indexes dropped')
+    t.ok((dump.columns as Array<{ table_name: string }>).some((c) => c.table_name === 'idempotency_records'), 'idempotency_records kept')
+  })
+
+  t.test('next rollback reverts 0004 only: no idempotency_records', async (t) => {
     t.equal(await rollback(db.url), '0004_idempotency_records')
-    t.same(await statusLines(db.url), [...TAGS.slice(0, 4).map((tag) => `${tag}: applied`), '0004_idempotency_records: pending'])
+    t.same(await statusLines(db.url), [...TAGS.slice(0, 4).map((tag) => `${tag}: applied`), '0004_idempotency_records: pending', '0005_usage_events: pending'])
     const dump = await schemaDump(db.url)
     t.notOk((dump.columns as Array<{ table_name: string }>).some((c) => c.table_name === 'idempotency_records'), 'table dropped')
     t.ok((dump.columns as Array<{ table_name: string }>).some((c) => c.table_name === 'admin_audit'), 'admin_audit kept')
@@ -179,7 +217,7 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
 
   t.test('next rollback reverts 0003 only: no admin_audit', async (t) => {
     t.equal(await rollback(db.url), '0003_admin_audit')
-    t.same(await statusLines(db.url), [...TAGS.slice(0, 3).map((tag) => `${tag}: applied`), '0003_admin_audit: pending', '0004_idempotency_records: pending'])
+    t.same(await statusLines(db.url), [...TAGS.slice(0, 3).map((tag) => `${tag}: applied`), '0003_admin_audit: pending', '0004_idempotency_records: pending', '0005_usage_events: pending'])
     const dump = await schemaDump(db.url)
     t.notOk((dump.columns as Array<{ table_name: string }>).some((c) => c.table_name === 'admin_audit'), 'table dropped')
     t.same(dump.tiers, full.tiers, 'tiers untouched')
@@ -187,7 +225,7 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
 
   t.test('then 0002 only: the daily counts are int again', async (t) => {
     t.equal(await rollback(db.url), '0002_widen_daily_counts')
-    t.same(await statusLines(db.url), ['0000_init: applied', '0001_utc_tiers_notify: applied', '0002_widen_daily_counts: pending', '0003_admin_audit: pending', '0004_idempotency_records: pending'])
+    t.same(await statusLines(db.url), ['0000_init: applied', '0001_utc_tiers_notify: applied', '0002_widen_daily_counts: pending', '0003_admin_audit: pending', '0004_idempotency_records: pending', '0005_usage_events: pending'])
     const types = await db.pool.query(
       `SELECT column_name, data_type FROM information_schema.columns
         WHERE table_name = 'daily_usage' AND column_name IN ('deployments_created', 'api_calls') ORDER BY column_name`,
@@ -199,7 +237,7 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
 
   t.test('then 0001 only', async (t) => {
     t.equal(await rollback(db.url), '0001_utc_tiers_notify')
-    t.same(await statusLines(db.url), ['0000_init: applied', '0001_utc_tiers_notify: pending', '0002_widen_daily_counts: pending', '0003_admin_audit: pending', '0004_idempotency_records: pending'])
+    t.same(await statusLines(db.url), ['0000_init: applied', '0001_utc_tiers_notify: pending', '0002_widen_daily_counts: pending', '0003_admin_audit: pending', '0004_idempotency_records: pending', '0005_usage_events: pending'])
     const dump = await schemaDump(db.url)
     t.same(dump.settings, [], 'timezone setting reset')
     t.same(dump.triggers, [], 'triggers dropped')
@@ -221,7 +259,8 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
       'pending  0002_widen_daily_counts',
       'pending  0003_admin_audit',
       'pending  0004_idempotency_records',
-      'current: 0000_init; 4 pending',
+      'pending  0005_usage_events',
+      'current: 0000_init; 5 pending',
     ])
   })
 
