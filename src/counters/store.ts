@@ -15,8 +15,20 @@ export { CounterUnavailableError } from './errors.ts'
 /**
  * check: compare, change nothing. consume: compare every metric, then add all or none.
  * increment: add without comparing (actual usage). refund: subtract (never below 0).
+ * Reservations (one daily metric, `hold` names it): reserve: compare used + held + amount with
+ * the limit, then hold the amount until `hold.expiresAt` (nothing is used); commit: release the
+ * hold and add `amount` without comparing (the work happened); cancel: release the hold. Check
+ * and consume compare used + held: a hold counts against the limit while it lasts.
  */
-export type DecisionMode = 'check' | 'consume' | 'increment' | 'refund'
+export type DecisionMode = 'check' | 'consume' | 'increment' | 'refund' | 'reserve' | 'commit' | 'cancel'
+
+/** The reservation a reserve, commit or cancel is about. */
+export interface HoldRequest {
+  /** Unique per user-day; made by the caller (the service) for a reserve. */
+  id: string
+  /** reserve: when the hold lapses, ms on the requests' clock (a later request's `now` past it finds it gone). */
+  expiresAt: number
+}
 
 /** Counts of one user-day in micro-units, one per metric (storage: the gauge's value that day). */
 export type MetricCounts = Record<MetricName, number>
@@ -35,6 +47,8 @@ export interface AnswerContext {
   day: string
   /** The tier the first call was decided with. */
   tier: string
+  /** A reserve's reservation: a replay hands back the first call's. */
+  hold?: HoldRequest
 }
 
 export interface IdempotencyRequest {
@@ -59,6 +73,8 @@ export interface DecisionRequest {
   /** One or more metrics, in registry order; a denial names the first one over its limit. */
   metrics: MetricAmount[]
   idempotency?: IdempotencyRequest
+  /** reserve, commit, cancel: the reservation (exactly one daily metric in `metrics`; its day is `day`). */
+  hold?: HoldRequest
 }
 
 export interface DecisionAnswer {
@@ -66,9 +82,12 @@ export interface DecisionAnswer {
    * allowed: admitted (and applied unless checking); denied: nothing changed; key-reused: refused.
    * too-large: a consume or increment that would be admitted would take a metric past MAX_TOTAL
    * (`deniedIndex` names it; over a limit is a denial first); too-many-keys: the user holds as many idempotency keys as the store allows. Both change
-   * nothing and store nothing under the key.
+   * nothing and store nothing under the key. Commit and cancel: not-found when the user-day holds
+   * no such reservation (never made, expired, or lost with the store's state); conflict when it was
+   * settled the other way (a commit of a cancelled one, a cancel of a committed one). A second
+   * commit (or cancel) of the same reservation replays the first one's answer.
    */
-  outcome: 'allowed' | 'denied' | 'key-reused' | 'too-large' | 'too-many-keys'
+  outcome: 'allowed' | 'denied' | 'key-reused' | 'too-large' | 'too-many-keys' | 'not-found' | 'conflict'
   /** Replayed from the idempotency key: nothing was counted now. */
   replayed: boolean
   /** Index into `metrics` of the first denied metric (too-large: the one over the ceiling), -1 when none. */
@@ -81,6 +100,13 @@ export interface DecisionAnswer {
   current: number[]
   /** Limits the decision used (a replay: the first call's), micro-units; null = unlimited. */
   limits: (number | null)[]
+  /**
+   * Held by open reservations per metric after the call, micro-units, in request order (0 for the
+   * gauge); undefined when nothing is held (and on replays, not-found and refusals).
+   */
+  reserved?: number[]
+  /** Commit and cancel: the amount the reservation held. */
+  held?: number
 }
 
 /** A user-day as the history (daily_usage) remembers it, to rebuild a store that lost its state. */
@@ -130,6 +156,33 @@ export interface PendingKey {
 /** Reads a kept answer from the history; the store asks only after it lost state recently. */
 export type KeyLoader = (userId: string, key: string) => Promise<KeptAnswer | undefined>
 
+/**
+ * A daily metric of a user reaching 80 % or 100 % of its limit on a day (threshold events). The
+ * decision that takes the metric there records it in the same atomic step; the flusher copies it
+ * to the history (`usage_events`, one row per user, metric, day and threshold) and then
+ * acknowledges it. A store may report a crossing again (after a refund took the metric back under
+ * the threshold, a raised limit, a reset, or a store that lost its state): the history keeps one.
+ */
+export interface ThresholdCrossing {
+  /** The store's partition holding it: acknowledgements go per partition. */
+  bucket: number
+  /** The store's own name for it, handed back to acknowledgeCrossings. */
+  ref: string
+  userId: string
+  /** UTC day of the decision. */
+  day: string
+  /** A daily metric (the storage gauge raises none). */
+  metric: MetricName
+  /** Percent of the limit: 80 or 100. */
+  threshold: 80 | 100
+  /** The metric's value right after the decision, micro-units. */
+  current: number
+  /** The limit in force, micro-units (an unlimited metric raises none). */
+  limit: number
+  /** When the decision ran (ms, its `now`). */
+  at: number
+}
+
 /** A user-day written to the history at `version`. */
 export interface WrittenUserDay {
   userId: string
@@ -160,6 +213,10 @@ export interface CounterStore {
   readPendingKeys(maxPerBucket: number): Promise<PendingKey[]>
   /** Marks keys of one bucket as kept by the history. Returns how many were marked. */
   acknowledgeKeys(bucket: number, keys: readonly { userId: string; key: string }[]): Promise<number>
+  /** Up to `maxPerBucket` threshold crossings per bucket not yet copied to the history, oldest first. */
+  readCrossings(maxPerBucket: number): Promise<ThresholdCrossing[]>
+  /** Takes crossings of one bucket (by `ref`) off the store once the history has them. Returns how many. */
+  acknowledgeCrossings(bucket: number, refs: readonly string[]): Promise<number>
   /** Time (ms) of the oldest unwritten change, or null when everything is written. */
   oldestDirty(): Promise<number | null>
   /** Dirty user-days per bucket. */

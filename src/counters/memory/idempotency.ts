@@ -4,6 +4,7 @@
  * holds at once; and the Redis store's text of an answer, the one the history keeps, so either
  * store replays what the other kept.
  */
+import { decodeContext, encodeContext } from '../answer-context.ts'
 import type { AnswerContext, DecisionAnswer, IdempotencyRequest } from '../store.ts'
 import { KEY_KIND } from './user-state.ts'
 import type { KeyRecord, UserState } from './user-state.ts'
@@ -33,7 +34,7 @@ export function replay(record: KeyRecord, fingerprint: string, context: AnswerCo
   }
   return {
     outcome: record.outcome, replayed: true, deniedIndex: record.deniedIndex,
-    context: { day: record.context.day, tier: record.context.tier }, current: record.current.slice(), limits: record.limits.slice(),
+    context: copyContext(record.context), current: record.current.slice(), limits: record.limits.slice(),
   }
 }
 
@@ -47,8 +48,14 @@ export function answerRecord(
     outcome, deniedIndex, current: current.slice(),
     // Stored as the Redis store stores them: a negative limit replays as unlimited.
     limits: limits.map((l) => (l !== null && l < 0 ? null : l)),
-    context: { day: idempotency.context.day, tier: idempotency.context.tier },
+    context: copyContext(idempotency.context),
   }
+}
+
+function copyContext(context: AnswerContext): AnswerContext {
+  return context.hold === undefined
+    ? { day: context.day, tier: context.tier }
+    : { day: context.day, tier: context.tier, hold: { id: context.hold.id, expiresAt: context.hold.expiresAt } }
 }
 
 /**
@@ -79,7 +86,7 @@ export function encodeAnswer(record: KeyRecord): string {
   let text = `${record.fingerprint},${record.outcome === 'allowed' ? 1 : 0},${record.deniedIndex + 1}`
   for (const c of record.current) text += `,${c}`
   for (const l of record.limits) text += `,${l ?? -1}`
-  return `${text},${JSON.stringify([record.context.day, record.context.tier])}`
+  return `${text},${encodeContext(record.context)}`
 }
 
 const INTEGER = /^-?\d+$/
@@ -92,15 +99,7 @@ export function decodeAnswer(text: string): KeptFields | undefined {
   for (; i < parts.length && INTEGER.test(parts[i] as string); i++) numbers.push(Number(parts[i]))
   const n = (numbers.length - 2) / 2
   if (i >= parts.length || !Number.isInteger(n) || n < 1) return undefined
-  const contextText = parts.slice(i).join(',')
-  let context: AnswerContext
-  if (contextText.startsWith('[')) {
-    const [day, tier] = JSON.parse(contextText) as [string, string]
-    context = { day, tier }
-  } else {
-    const space = contextText.indexOf(' ')
-    context = { day: contextText.slice(0, space), tier: contextText.slice(space + 1) }
-  }
+  const context = decodeContext(parts.slice(i).join(','))
   return {
     fingerprint: parts[0] as string,
     outcome: numbers[0] === 1 ? 'allowed' : 'denied',

@@ -39,13 +39,19 @@ import type { Clock } from '../../clock.ts'
 import { MAX_TOTAL_MICRO } from '../../metrics.ts'
 import type { MetricName } from '../../metrics.ts'
 import type {
-  CounterStore, DecisionAnswer, DecisionRequest, DirtyUserDay, KeyLoader, PendingKey, SeedLoader, WrittenUserDay,
+  CounterStore, DecisionAnswer, DecisionMode, DecisionRequest, DirtyUserDay, HoldRequest, KeyLoader, MetricAmount, PendingKey,
+  SeedLoader, ThresholdCrossing, WrittenUserDay,
 } from '../store.ts'
+import { checkHoldRequest } from '../hold-request.ts'
+import { clearCrossed, crossingRef, updateCrossed } from '../thresholds.ts'
+import { CrossingOutbox } from './crossing-outbox.ts'
+import { DayHolds, reservedOf, settleHold } from './holds.ts'
 import { DirtyMarks } from './dirty-marks.ts'
 import { HistoryLoads, NEEDS_KEY, NEEDS_LOAD } from './history-loads.ts'
 import { DEFAULT_IDEMPOTENCY_KEYS_PER_USER, answerRecord, keyRoomWait, liveKey, replay } from './idempotency.ts'
 import { KeyOutbox } from './key-outbox.ts'
 import { INDEX, STORAGE, UserTable } from './user-state.ts'
+import type { DayState, UserState } from './user-state.ts'
 
 export interface MemoryCounterStoreOptions {
   /**
@@ -97,6 +103,7 @@ function checkRequest(req: DecisionRequest): void {
     if (!Number.isSafeInteger(m.amount)) throw new TypeError(`amount must be a whole number of micro-units, got ${m.amount}`)
     if (m.limit !== null && !Number.isSafeInteger(m.limit)) throw new TypeError(`limit must be a whole number of micro-units or null, got ${m.limit}`)
   }
+  checkHoldRequest(req)
 }
 
 function noop(): void {}
@@ -106,6 +113,7 @@ export class MemoryCounterStore implements CounterStore {
   readonly #users = new UserTable()
   readonly #dirty = new DirtyMarks()
   readonly #outbox = new KeyOutbox()
+  readonly #crossings = new CrossingOutbox()
   readonly #loads: HistoryLoads
   readonly #clock: Clock
 
@@ -131,6 +139,7 @@ export class MemoryCounterStore implements CounterStore {
     this.#users.clear()
     this.#dirty.clear()
     this.#outbox.clear()
+    this.#crossings.clear()
     this.#loads.forget()
   }
 
@@ -187,6 +196,14 @@ export class MemoryCounterStore implements CounterStore {
     return this.#outbox.acknowledge(bucket, keys)
   }
 
+  async readCrossings(maxPerBucket: number): Promise<ThresholdCrossing[]> {
+    return this.#crossings.read(maxPerBucket)
+  }
+
+  async acknowledgeCrossings(bucket: number, refs: readonly string[]): Promise<number> {
+    return this.#crossings.acknowledge(bucket, refs)
+  }
+
   async oldestDirty(): Promise<number | null> {
     return this.#dirty.oldest()
   }
@@ -199,7 +216,8 @@ export class MemoryCounterStore implements CounterStore {
   #decideNow(req: DecisionRequest, time: number, keyChecked: boolean): DecisionAnswer | typeof NEEDS_LOAD | typeof NEEDS_KEY {
     const { mode, now, metrics, idempotency } = req
     const user = this.#users.get(req.userId)
-    const storesKey = idempotency !== undefined && (mode === 'consume' || mode === 'increment')
+    // Commits and cancels are idempotent by their reservation; keys are stored by the others.
+    const storesKey = idempotency !== undefined && (mode === 'consume' || mode === 'increment' || mode === 'reserve')
     if (idempotency !== undefined) {
       const record = liveKey(user, idempotency.key, time)
       if (record !== undefined) return replay(record, idempotency.fingerprint, idempotency.context)
@@ -214,6 +232,7 @@ export class MemoryCounterStore implements CounterStore {
       if (!(user.gaugeAt > time)) return NEEDS_LOAD
       if (day === undefined && this.#loads.mayHaveBeenLost(req.day)) return NEEDS_LOAD
     }
+    if (mode === 'commit' || mode === 'cancel') return settleHold(req, day, (d, current) => this.#apply(req, user, d, current, 'increment'))
     if (storesKey) {
       if (!keyChecked && this.#loads.mayHaveKeptKey(req.now)) return NEEDS_KEY
       const wait = keyRoomWait(user, time, this.#keysPerUser)
@@ -222,6 +241,8 @@ export class MemoryCounterStore implements CounterStore {
       }
     }
 
+    const holds = day?.holds
+    holds?.expire(now)
     const current = new Array<number>(n)
     const limits = new Array<number | null>(n)
     const counts = day?.counts
@@ -234,49 +255,34 @@ export class MemoryCounterStore implements CounterStore {
 
     let outcome: 'allowed' | 'denied' = 'allowed'
     let deniedIndex = -1
-    if (mode === 'check' || mode === 'consume') {
+    if (mode === 'check' || mode === 'consume' || mode === 'reserve') {
       for (let i = 0; i < n; i++) {
         const m = metrics[i] as DecisionRequest['metrics'][number]
+        const held = holds === undefined || m.metric === 'storage' ? 0 : holds.held[INDEX[m.metric] as 0 | 1 | 2]
         // A negative limit reads as unlimited, as the Redis store's -1 does.
-        if (m.limit !== null && m.limit >= 0 && (current[i] as number) + m.amount > m.limit) {
+        if (m.limit !== null && m.limit >= 0 && (current[i] as number) + held + m.amount > m.limit) {
           outcome = 'denied'
           deniedIndex = i
           break
         }
       }
     }
-    if (outcome === 'allowed' && (mode === 'consume' || mode === 'increment')) {
+    if (outcome === 'allowed' && (mode === 'consume' || mode === 'increment' || mode === 'reserve')) {
       // Past its limit is an ordinary denial; the ceiling refuses only what would be admitted.
       for (let i = 0; i < n; i++) {
-        const amount = (metrics[i] as DecisionRequest['metrics'][number]).amount
-        if (amount > 0 && (current[i] as number) + amount > MAX_TOTAL_MICRO) {
+        const m = metrics[i] as DecisionRequest['metrics'][number]
+        const held = mode === 'reserve' && holds !== undefined ? holds.held[INDEX[m.metric] as 0 | 1 | 2] : 0
+        if (m.amount > 0 && (current[i] as number) + held + m.amount > MAX_TOTAL_MICRO) {
           return { outcome: 'too-large', replayed: false, deniedIndex: i, context: idempotency?.context, current: [], limits: [] }
         }
       }
     }
-    if (outcome === 'allowed' && mode !== 'check') {
-      const sign = mode === 'refund' ? -1 : 1
-      for (let i = 0; i < n; i++) {
-        const v = (current[i] as number) + sign * (metrics[i] as DecisionRequest['metrics'][number]).amount
-        current[i] = v < 0 ? 0 : v // a refund or a storage decrement never goes below 0
-      }
-      if (day === undefined) {
-        // The day's row records the gauge as it stands that day; the user is active: keep the gauge.
-        day = this.#users.newDay(user, req.day, now, time, [0, 0, 0, user.gauge], 0)
-        if (!hasStorage) this.#users.renewGauge(user, time)
-      }
-      const dayCounts = day.counts
-      for (let i = 0; i < n; i++) {
-        const index = INDEX[(metrics[i] as DecisionRequest['metrics'][number]).metric] as number
-        const v = current[i] as number
-        dayCounts[index as 0 | 1 | 2 | 3] = v
-        if (index === STORAGE) {
-          user.gauge = v
-          this.#users.renewGauge(user, time)
-        }
-      }
-      day.version++
-      if (!day.dirty) this.#dirty.mark(user, day, now)
+    if (outcome === 'allowed' && mode === 'reserve') {
+      day ??= this.#users.newDay(user, req.day, now, time, [0, 0, 0, user.gauge], 0)
+      const hold = req.hold as HoldRequest
+      ;(day.holds ??= new DayHolds()).add(hold.id, INDEX[(metrics[0] as MetricAmount).metric] as number, (metrics[0] as MetricAmount).amount, hold.expiresAt)
+    } else if (outcome === 'allowed' && mode !== 'check') {
+      day = this.#apply(req, user, day, current, mode)
     }
 
     if (storesKey) {
@@ -284,7 +290,56 @@ export class MemoryCounterStore implements CounterStore {
       // For the flusher, which copies the answer to the history: it outlives a restart.
       this.#outbox.add(user, idempotency.key, now)
     }
-    return { outcome, replayed: false, deniedIndex, context: idempotency?.context, current, limits }
+    const answer: DecisionAnswer = { outcome, replayed: false, deniedIndex, context: idempotency?.context, current, limits }
+    const reserved = reservedOf(day, metrics)
+    if (reserved !== undefined) answer.reserved = reserved
+    return answer
+  }
+
+  /**
+   * Applies a decision's amounts to `current` (the values before it, in request order) and the
+   * user's day (created when missing): counts, gauge, version, dirty mark and threshold crossings.
+   */
+  #apply(req: DecisionRequest, user: UserState, existing: DayState | undefined, current: number[], mode: DecisionMode): DayState {
+    const { now, metrics } = req
+    const time = this.#clock.now()
+    const n = metrics.length
+    const sign = mode === 'refund' ? -1 : 1
+    let hasStorage = false
+    for (let i = 0; i < n; i++) {
+      const m = metrics[i] as MetricAmount
+      if (m.metric === 'storage') hasStorage = true
+      const v = (current[i] as number) + sign * m.amount
+      current[i] = v < 0 ? 0 : v // a refund or a storage decrement never goes below 0
+    }
+    let day = existing
+    if (day === undefined) {
+      // The day's row records the gauge as it stands that day; the user is active: keep the gauge.
+      day = this.#users.newDay(user, req.day, now, time, [0, 0, 0, user.gauge], 0)
+      if (!hasStorage) this.#users.renewGauge(user, time)
+    } else if (day.version === 0 && !hasStorage) {
+      // A day a reservation opened: its first use keeps the gauge, as a new day's does.
+      this.#users.renewGauge(user, time)
+    }
+    const dayCounts = day.counts
+    for (let i = 0; i < n; i++) {
+      const m = metrics[i] as MetricAmount
+      const index = INDEX[m.metric] as number
+      const v = current[i] as number
+      dayCounts[index as 0 | 1 | 2 | 3] = v
+      if (index === STORAGE) {
+        user.gauge = v
+        this.#users.renewGauge(user, time)
+      } else if (m.limit !== null && m.limit >= 0) {
+        const state = day
+        state.crossed = updateCrossed(state.crossed, index, v, m.limit, (percent) => {
+          this.#crossings.add(user, crossingRef(user.id, state.day, index, percent, v, m.limit as number), now)
+        })
+      }
+    }
+    day.version++
+    if (!day.dirty) this.#dirty.mark(user, day, now)
+    return day
   }
 
   #resetNow(userId: string, dayName: string, now: number, time: number, metrics: readonly MetricName[]): null | typeof NEEDS_LOAD {
@@ -301,6 +356,8 @@ export class MemoryCounterStore implements CounterStore {
     // A new day state records the gauge as it stands (zeroed just above if storage is reset).
     day ??= this.#users.newDay(user, dayName, now, time, [0, 0, 0, user.gauge], 0)
     for (const m of metrics) day.counts[INDEX[m] as 0 | 1 | 2 | 3] = 0
+    // Zeroed metrics can reach their thresholds again.
+    day.crossed = clearCrossed(day.crossed, metrics.map((m) => INDEX[m] as number).filter((i) => i !== STORAGE))
     day.version++
     if (!day.dirty) this.#dirty.mark(user, day, now)
     return null

@@ -14,6 +14,7 @@ import { DAY_MS, startOfUtcDay } from '../../clock.ts'
 import type { MetricName } from '../../metrics.ts'
 import type { AnswerContext, MetricCounts } from '../store.ts'
 import { bucketOf } from './bucket-marks.ts'
+import type { DayHolds } from './holds.ts'
 import { ExpiryQueue } from './expiry-queue.ts'
 
 /** A day state lives until 2 days after its day ends: time enough for the flusher to catch up. */
@@ -54,6 +55,10 @@ export interface DayState {
   dirty: boolean
   /** "<user>:<day>", built the first time the day is marked dirty. */
   member: string | undefined
+  /** Thresholds reached by the daily metrics (thresholds.ts). */
+  crossed: number
+  /** The day's reservations, once it has had one. */
+  holds: DayHolds | undefined
 }
 
 /** An idempotent answer, replayed for 24 h to calls with the same key. */
@@ -201,7 +206,7 @@ export class UserTable {
   newDay(user: UserState, day: string, now: number, time: number, counts: DayState['counts'], version: number): DayState {
     const state: DayState = {
       at: time + Math.max(MIN_DAY_STATE_LIFETIME_MS, startOfUtcDay(day) + DAY_STATE_LIFETIME_MS - now),
-      kind: DAY_KIND, user, day, counts, version, dirty: false, member: undefined,
+      kind: DAY_KIND, user, day, counts, version, dirty: false, member: undefined, crossed: 0, holds: undefined,
     }
     user.days.set(day, state)
     this.#expiry.push(state)

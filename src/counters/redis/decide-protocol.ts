@@ -5,6 +5,7 @@
  * what this module builds.
  */
 import { previousDay, startOfUtcDay } from '../../clock.ts'
+import { decodeContext, encodeContext } from '../answer-context.ts'
 import type { AnswerContext, DecisionRequest } from '../store.ts'
 import { POSITION, gaugePeriod, gaugeTtlSeconds, markMember, slotOf } from './keys.ts'
 import type { KeySpace } from './keys.ts'
@@ -19,9 +20,12 @@ const DAY_KEY_LIFETIME_MS = 3 * 86_400_000
 /** Status codes of decide.lua's reply (its header names the same numbers). */
 const STATUS = {
   denied: 0, allowed: 1, needsSeed: 2, deadlinePassed: 3, keyReused: 4, tooLarge: 5, tooManyKeys: 6, needsKeyLookup: 7,
+  notFound: 8, conflict: 9,
 } as const
-/** Added to the status of an answer replayed from an idempotency key. */
+/** Added to the status of an answer replayed from an idempotency key (or a settled reservation). */
 const REPLAYED = 10
+/** Added to the status of a fresh answer followed by what the day holds per metric. */
+const HAS_HELD = 20
 
 /**
  * Seconds a new shard-day hash lives, from `now` on the caller's clock; at least one minute.
@@ -37,7 +41,7 @@ export interface EncodedDecision {
   readonly bucket: number
   /**
    * The shard-day hashes of the day and the day before, the gauges of this period and the last,
-   * and with an idempotency key that key and the user's key index.
+   * the user's holds of the day, and with an idempotency key that key and the user's key index.
    */
   readonly keys: readonly string[]
   /** The decision's JSON array after its first two slots (number of keys, deadline), without brackets. */
@@ -47,6 +51,8 @@ export interface EncodedDecision {
   /** The limits sent: a fresh answer does not repeat them. */
   readonly limits: readonly (number | null)[]
   readonly context: AnswerContext | undefined
+  /** Commit and cancel answer with the amount held in the slot other decisions name a denial in. */
+  readonly settles: boolean
   /**
    * Redis-server time (ms) after which the script must apply nothing, because the caller will
    * have given up; read when the call is built (a NOSCRIPT resend keeps it: stricter, never later).
@@ -56,6 +62,7 @@ export interface EncodedDecision {
 
 export type ScriptStatus =
   | 'allowed' | 'denied' | 'needs-seed' | 'deadline-passed' | 'key-reused' | 'too-large' | 'too-many-keys' | 'needs-key-lookup'
+  | 'not-found' | 'conflict'
 
 /** One decision's part of a reply. */
 export interface ScriptAnswer {
@@ -68,21 +75,10 @@ export interface ScriptAnswer {
   current: number[]
   limits: (number | null)[]
   context: AnswerContext | undefined
-}
-
-/** The context stored with an idempotent answer (JSON: a tier name may hold any character). */
-export function encodeContext(context: AnswerContext): string {
-  return JSON.stringify([context.day, context.tier])
-}
-
-/** Reads a stored context; also the "<day> <tier>" text of answers stored by earlier releases. */
-export function decodeContext(text: string): AnswerContext {
-  if (text.startsWith('[')) {
-    const [day, tier] = JSON.parse(text) as [string, string]
-    return { day, tier }
-  }
-  const space = text.indexOf(' ')
-  return { day: text.slice(0, space), tier: text.slice(space + 1) }
+  /** Held per metric, when the day holds reservations (fresh answers only). */
+  reserved?: number[]
+  /** Commit and cancel: the amount the reservation held. */
+  held?: number
 }
 
 /** What a decision needs to know of its day; the same for every decision of the day. */
@@ -118,6 +114,7 @@ export function encodeDecision(
   const keys = [
     keySpace.userDay(userId, day, slot), keySpace.userDay(userId, facts.previous, slot),
     keySpace.gauges(bucket, slot.shard, period), keySpace.gauges(bucket, slot.shard, period - 1),
+    keySpace.holds(userId, day, bucket),
   ]
   if (idempotency) {
     keys.push(keySpace.idempotency(userId, idempotency.key, bucket), keySpace.idempotencyIndex(userId, bucket))
@@ -129,6 +126,7 @@ export function encodeDecision(
     + `"${markMember(day, slot.shard)}","${IDEMPOTENCY_TTL_S}",${idempotencyKeysPerUser},`
     + `${keyChecked ? 1 : 0},${facts.start},"${gaugeTtlSeconds(period, now)}",${request.metrics.length}`
   for (const m of request.metrics) body += `,${POSITION[m.metric]},${m.amount},${m.limit ?? -1}`
+  if (request.hold !== undefined) body += `,"${request.hold.id}",${request.hold.expiresAt}`
   return {
     bucket,
     keys,
@@ -136,6 +134,7 @@ export function encodeDecision(
     idempotent: idempotency ? [encodeContext(idempotency.context), idempotency.fingerprint] : undefined,
     limits: request.metrics.map((m) => m.limit),
     context: idempotency?.context,
+    settles: request.mode === 'commit' || request.mode === 'cancel',
     deadline,
   }
 }
@@ -144,7 +143,9 @@ export function encodeDecision(
 export function encodeCall(
   keySpace: KeySpace, bucket: number, decisions: readonly EncodedDecision[],
 ): { numKeys: number; keysThenArgs: ScriptArgument[] } {
-  const keysThenArgs: ScriptArgument[] = [keySpace.marks(bucket), keySpace.epoch(bucket), keySpace.keyOutbox(bucket)]
+  const keysThenArgs: ScriptArgument[] = [
+    keySpace.marks(bucket), keySpace.epoch(bucket), keySpace.keyOutbox(bucket), keySpace.crossings(bucket),
+  ]
   for (const d of decisions) for (const key of d.keys) keysThenArgs.push(key)
   const numKeys = keysThenArgs.length
   keysThenArgs.push(decisions.length)
@@ -165,6 +166,8 @@ function statusName(code: number): ScriptStatus {
     case STATUS.tooLarge: return 'too-large'
     case STATUS.tooManyKeys: return 'too-many-keys'
     case STATUS.needsKeyLookup: return 'needs-key-lookup'
+    case STATUS.notFound: return 'not-found'
+    case STATUS.conflict: return 'conflict'
     default: throw new Error(`decide.lua returned an unknown status ${code}`)
   }
 }
@@ -176,8 +179,9 @@ export function decodeReply(flat: readonly (number | string)[], decisions: reado
   for (const d of decisions) {
     const code = flat[at]
     if (typeof code !== 'number') throw new Error('decide.lua returned fewer answers than decisions')
-    const replayed = code >= REPLAYED
-    const status = statusName(replayed ? code - REPLAYED : code)
+    const hasHeld = code >= HAS_HELD
+    const replayed = !hasHeld && code >= REPLAYED
+    const status = statusName(hasHeld ? code - HAS_HELD : replayed ? code - REPLAYED : code)
     const second = flat[at + 1] as number
     const n = d.limits.length
     if (status === 'too-many-keys') {
@@ -185,7 +189,8 @@ export function decodeReply(flat: readonly (number | string)[], decisions: reado
       at += 2
       continue
     }
-    const deniedIndex = second - 1
+    const deniedIndex = d.settles ? -1 : second - 1
+    const held = d.settles ? second : undefined
     if (status !== 'allowed' && status !== 'denied') {
       answers.push({ status, replayed: false, deniedIndex, retryAfterMs: 0, current: [], limits: [], context: d.context })
       at += 2
@@ -193,13 +198,20 @@ export function decodeReply(flat: readonly (number | string)[], decisions: reado
     }
     const current = flat.slice(at + 2, at + 2 + n) as number[]
     if (!replayed) {
-      answers.push({ status, replayed, deniedIndex, retryAfterMs: 0, current, limits: [...d.limits], context: d.context })
-      at += 2 + n
+      const fresh: ScriptAnswer = { status, replayed, deniedIndex, retryAfterMs: 0, current, limits: [...d.limits], context: d.context }
+      if (held !== undefined) fresh.held = held
+      if (hasHeld) fresh.reserved = flat.slice(at + 2 + n, at + 2 + 2 * n) as number[]
+      answers.push(fresh)
+      at += 2 + (hasHeld ? 2 * n : n)
       continue
     }
-    // A replay answers with the first call's limits and context.
+    // A replay answers with the first call's limits and context (a settled reservation keeps none).
     const limits = (flat.slice(at + 2 + n, at + 2 + 2 * n) as number[]).map((l) => (l < 0 ? null : l))
-    answers.push({ status, replayed, deniedIndex, retryAfterMs: 0, current, limits, context: decodeContext(String(flat[at + 2 + 2 * n])) })
+    const contextText = String(flat[at + 2 + 2 * n])
+    const context = contextText === '' ? d.context : decodeContext(contextText)
+    const replay: ScriptAnswer = { status, replayed, deniedIndex, retryAfterMs: 0, current, limits, context }
+    if (held !== undefined) replay.held = held
+    answers.push(replay)
     at += 3 + 2 * n
   }
   return answers

@@ -2,13 +2,14 @@
  * The flusher's side of the Redis store: which user-days wait for Postgres and what they hold
  * (the bucket's marks, read.lua), their acknowledgement once written (ack.lua), the sweep that
  * puts back lost marks (repair-marks.lua), the drain of layout version 1's dirty sets while an
- * upgrade runs (legacy-v1.ts), and the outbox of idempotent answers. Everything here runs on the
+ * upgrade runs (legacy-v1.ts), and the outboxes of idempotent answers and threshold crossings. Everything here runs on the
  * flusher's connection, never on the decision path; RedisCounterStore delegates to it.
  */
 import type { ChainableCommander, Redis } from 'ioredis'
 import { mapLimited } from '../../limited.ts'
 import { METRIC_NAMES } from '../../metrics.ts'
-import type { DirtyUserDay, MetricCounts, PendingKey, WrittenUserDay } from '../store.ts'
+import type { DirtyUserDay, MetricCounts, PendingKey, ThresholdCrossing, WrittenUserDay } from '../store.ts'
+import { crossingOf } from '../thresholds.ts'
 import { classify } from './errors.ts'
 import { BUCKETS, SHARDS, markMember, outboxMember, parseMarkMember, parseOutboxMember, slotOf } from './keys.ts'
 import type { KeySpace } from './keys.ts'
@@ -257,6 +258,31 @@ export class FlushLedger {
   }
 
   /** Commands per bucket, in one pipeline; the replies in order. */
+  /** Up to `maxPerBucket` threshold crossings of every bucket, oldest first (decide.lua adds them). */
+  async readCrossings(maxPerBucket: number): Promise<ThresholdCrossing[]> {
+    if (!(maxPerBucket > 0)) return []
+    const perBucket = await this.#perBucket((p, bucket) => p.zrange(this.keys.crossings(bucket), '0', String(maxPerBucket - 1), 'WITHSCORES'))
+    const out: ThresholdCrossing[] = []
+    perBucket.forEach((raw, bucket) => {
+      const flat = raw as string[]
+      for (let i = 0; i < flat.length; i += 2) {
+        const crossing = crossingOf(bucket, flat[i] as string, Number(flat[i + 1]))
+        if (crossing !== undefined) out.push(crossing)
+      }
+    })
+    return out
+  }
+
+  /** Takes crossings of one bucket off once Postgres has them. */
+  async acknowledgeCrossings(bucket: number, refs: readonly string[]): Promise<number> {
+    if (refs.length === 0) return 0
+    try {
+      return await this.bulk().zrem(this.keys.crossings(bucket), ...refs)
+    } catch (err) {
+      throw classify(err)
+    }
+  }
+
   async #perBucket(command: (pipeline: ChainableCommander, bucket: number) => void): Promise<unknown[]> {
     try {
       const pipeline = this.bulk().pipeline()

@@ -19,6 +19,10 @@
  *   <prefix>{<b>}:ik:<user>               zset    the user's live idempotency keys -> ms each expires
  *   <prefix>{<b>}:ipend                   zset    "<user>:<key>" -> ms stored: idempotent answers the
  *                                                flusher has not copied to Postgres yet
+ *   <prefix>{<b>}:h:<YYYY-MM-DD>:<user>   hash    the user's reservations of that day: "<id>" -> open hold
+ *                                                or a settled one's answer; lives as long as the day's hash
+ *   <prefix>{<b>}:cross                   zset    threshold crossings not yet copied to Postgres
+ *                                                ("<user>|<day>|<metric>|<percent>|<value>|<limit>" -> ms)
  *   <prefix>{<b>}:epoch                   string  ms when this bucket's state was (re)built in this Redis
  *
  * Version 1's keys (a hash per user-day, a gauge per user, a dirty set of user-days) are named in
@@ -123,6 +127,16 @@ export class KeySpace {
   /** The bucket's outbox of idempotent answers not yet copied to Postgres. */
   keyOutbox(bucket: number): string {
     return `${this.tag(bucket)}:ipend`
+  }
+
+  /** The user's reservations of `day`. */
+  holds(userId: string, day: string, bucket = slotOf(userId).bucket): string {
+    return `${this.tag(bucket)}:h:${day}:${userId}`
+  }
+
+  /** The bucket's threshold crossings not yet copied to Postgres. */
+  crossings(bucket: number): string {
+    return `${this.tag(bucket)}:cross`
   }
 
   epoch(bucket: number): string {

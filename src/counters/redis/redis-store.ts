@@ -15,9 +15,10 @@ import { previousDay, startOfUtcDay } from '../../clock.ts'
 import { MAX_TOTAL_MICRO } from '../../metrics.ts'
 import type { MetricName } from '../../metrics.ts'
 import { CounterUnavailableError } from '../errors.ts'
+import { checkHoldRequest } from '../hold-request.ts'
 import type {
   CounterStore, DecisionAnswer, DecisionRequest, DirtyUserDay, KeyLoader, PendingKey, SeedLoader, SeedState,
-  WrittenUserDay,
+  ThresholdCrossing, WrittenUserDay,
 } from '../store.ts'
 import { MAX_ITEMS_PER_CALL, ScriptBatcher } from './batcher.ts'
 import type { BatchCodec } from './batcher.ts'
@@ -49,6 +50,7 @@ function checkRequest(req: DecisionRequest): void {
     if (!Number.isSafeInteger(m.amount)) throw new TypeError(`amount must be a whole number of micro-units, got ${m.amount}`)
     if (m.limit !== null && !Number.isSafeInteger(m.limit)) throw new TypeError(`limit must be a whole number of micro-units or null, got ${m.limit}`)
   }
+  checkHoldRequest(req)
 }
 
 export interface RedisCounterStoreOptions {
@@ -207,6 +209,8 @@ export class RedisCounterStore implements CounterStore {
             context: answer.context,
             current: answer.current,
             limits: answer.limits,
+            ...(answer.reserved !== undefined ? { reserved: answer.reserved } : {}),
+            ...(answer.held !== undefined ? { held: answer.held } : {}),
           }
       }
     }
@@ -295,6 +299,14 @@ export class RedisCounterStore implements CounterStore {
 
   acknowledgeKeys(bucket: number, keys: readonly { userId: string; key: string }[]): Promise<number> {
     return this.#ledger.acknowledgeKeys(bucket, keys)
+  }
+
+  readCrossings(maxPerBucket: number): Promise<ThresholdCrossing[]> {
+    return this.#ledger.readCrossings(maxPerBucket)
+  }
+
+  acknowledgeCrossings(bucket: number, refs: readonly string[]): Promise<number> {
+    return this.#ledger.acknowledgeCrossings(bucket, refs)
   }
 
   oldestDirty(): Promise<number | null> {

@@ -32,11 +32,12 @@ for i = 2, #KEYS do
       at = at + 2
       local raw = redis.call('HGET', hash, user)
       if raw then
-        local d, a, c, s, v, f = string.match(raw, '^(%d+),(%d+),(%d+),(%d+),(%d+),(%d+)$')
+        -- The rest after f (threshold bits, holds: decide.lua) is kept as it is.
+        local d, a, c, s, v, f, rest = string.match(raw, '^(%d+),(%d+),(%d+),(%d+),(%d+),(%d+)(.*)$')
         v, f = tonumber(v), tonumber(f)
         local now_flushed = math.min(written, v)
         if now_flushed > f then
-          redis.call('HSET', hash, user, d .. ',' .. a .. ',' .. c .. ',' .. s .. ',' .. fmt(v) .. ',' .. fmt(now_flushed))
+          redis.call('HSET', hash, user, d .. ',' .. a .. ',' .. c .. ',' .. s .. ',' .. fmt(v) .. ',' .. fmt(now_flushed) .. rest)
           if now_flushed == v then
             count = count - 1
             cleaned = cleaned + 1

@@ -24,7 +24,8 @@ for i = 2, #KEYS do
     for j = 1, #flat, 2 do
       local user = flat[j]
       if user ~= '#' then
-        local d, a, c, s, v, f = string.match(flat[j + 1], '^(%d+),(%d+),(%d+),(%d+),(%d+),(%d+)$')
+        -- An entry may go on after f (threshold bits, holds: decide.lua); none of it is flushed.
+        local d, a, c, s, v, f = string.match(flat[j + 1], '^(%d+),(%d+),(%d+),(%d+),(%d+),(%d+)')
         if tonumber(v) > tonumber(f) then rows[#rows + 1] = user .. ',' .. d .. ',' .. a .. ',' .. c .. ',' .. s .. ',' .. v end
       end
     end
