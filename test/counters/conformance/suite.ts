@@ -13,6 +13,7 @@ import type { CounterStore, DecisionRequest, MetricAmount, SeedState } from '../
 import { MAX_TOTAL_MICRO } from '../../../src/metrics.ts'
 import type { MetricName } from '../../../src/metrics.ts'
 import { newUserId } from '../../helpers/usage.ts'
+import { runHoldConformance } from './holds-suite.ts'
 import { runModelTest } from './model.ts'
 
 export interface StoreUnderTest {
@@ -42,6 +43,7 @@ export function emptyCounts(): SeedState['counts'] {
 }
 
 export function runConformance(t: Test, name: string, factory: StoreFactory): void {
+  runHoldConformance(t, name, factory)
   t.test(`${name}: compare before increment, exact to the micro-unit`, async (t) => {
     const { store } = await factory(t)
     const user = newUserId()
