@@ -1,6 +1,7 @@
 /**
  * createQuotaEngine: the one wiring of quota's parts — counter store, limits cache (LISTEN),
- * usage and admin services, flusher, leader lock, midnight scheduler — built, started and
+ * usage and admin services, flusher (with the threshold-event outbox), leader lock, midnight
+ * scheduler, webhook delivery — built, started and
  * stopped in one place. The Fastify plugin, buildApp, the tests' helpers and the benchmarks all
  * use it; a caller passes options, never re-wires the graph. docs/architecture.md draws it.
  */
@@ -18,9 +19,12 @@ import type { Pool } from './db/client.ts'
 import { loadRecordedUserDay } from './db/daily-usage.ts'
 import { readIdempotencyRecord } from './db/idempotency-records.ts'
 import { LimitsCache } from './limits/limits-cache.ts'
+import { EventOutbox } from './persistence/event-outbox.ts'
 import { Flusher } from './persistence/flusher.ts'
 import { LeaderLock } from './persistence/leader.ts'
 import { Scheduler } from './persistence/scheduler.ts'
+import { WebhookDelivery } from './persistence/webhooks.ts'
+import type { WebhookOptions } from './persistence/webhooks.ts'
 import { AdminService } from './usage/admin.ts'
 import { UsageService } from './usage/service.ts'
 import { noTelemetry } from './telemetry.ts'
@@ -77,6 +81,11 @@ export interface QuotaEngineOptions {
   idempotencyKeysPerUser?: number
   logger?: EngineLogger
   /**
+   * WEBHOOK_URL and WEBHOOK_SECRET (and, for tests, the worker's timings): threshold events are
+   * POSTed there by a worker in this process (docs/events.md). Without it events are still recorded.
+   */
+  webhook?: Omit<WebhookOptions, 'pool' | 'clock' | 'logger' | 'telemetry'>
+  /**
    * Where decisions, batches, timeouts and flushed rows are counted (http/metrics.ts has the
    * Prometheus one). @default noTelemetry
    */
@@ -92,6 +101,10 @@ export interface QuotaEngine<S extends CounterStore = CounterStore> {
   readonly store: S
   readonly limits: LimitsCache
   readonly flusher: Flusher
+  /** Copies threshold crossings from the store to usage_events (each flush pass runs it). */
+  readonly events: EventOutbox
+  /** The webhook worker; undefined without `webhook`. */
+  readonly webhooks: WebhookDelivery | undefined
   /** Undefined when `scheduler: false`, and in mode embedded (the one process is the leader). */
   readonly leader: LeaderLock | undefined
   readonly scheduler: Scheduler | undefined
@@ -150,7 +163,9 @@ export async function createQuotaEngine(options: QuotaEngineOptions): Promise<Qu
         telemetry,
       })
   const limits = new LimitsCache({ pool, databaseUrl, defaultTier: options.defaultTier ?? 'free', logger })
-  const flusher = new Flusher({ store, pool, clock, intervalMs: options.flushIntervalMs ?? 1000, logger, telemetry })
+  const events = new EventOutbox({ store, pool, logger, telemetry })
+  const flusher = new Flusher({ store, pool, clock, intervalMs: options.flushIntervalMs ?? 1000, logger, telemetry, events })
+  const webhooks = options.webhook && new WebhookDelivery({ ...options.webhook, pool, clock, logger, telemetry })
   const leader = options.scheduler === false || embedded || databaseUrl === undefined
     ? undefined
     : new LeaderLock({ databaseUrl, logger })
@@ -161,7 +176,9 @@ export async function createQuotaEngine(options: QuotaEngineOptions): Promise<Qu
     store, limits, clock, logger, failMode: options.failMode ?? 'closed', denyCacheMs: options.denyCacheMs,
     telemetry,
   })
-  const admin = new AdminService({ pool, store, limits, usage, clock, flushAll: () => flusher.flushAll(), logger })
+  const admin = new AdminService({
+    pool, store, limits, usage, clock, flushAll: () => flusher.flushAll(), flushEvents: () => events.copyAll(), logger,
+  })
   const flushing = options.flush !== false
 
   let closing: Promise<void> | undefined
@@ -172,7 +189,8 @@ export async function createQuotaEngine(options: QuotaEngineOptions): Promise<Qu
       // The last flush: everything admitted reaches daily_usage before the process exits. Bounded,
       // so a hung Postgres cannot keep the process past its shutdown budget: whatever is not
       // written stays marked dirty and the next flush (any replica, or this one restarted) writes it.
-      if (flushing) await finalFlush(flusher, logger)
+      // An attempt under way gets a short grace, beside the final flush (which copies the last crossings).
+      await Promise.all([webhooks?.stop(), flushing ? finalFlush(flusher, logger) : undefined])
       await store.close()
       await limits.stop()
       if (ownsPool) await pool.end()
@@ -185,13 +203,14 @@ export async function createQuotaEngine(options: QuotaEngineOptions): Promise<Qu
     await store.start()
     if (redis && !embedded && options.checkRedisSettings !== false) await warnAboutRedisDurability(redis, logger)
     if (flushing) flusher.start()
+    webhooks?.start()
     await leader?.start()
     scheduler?.start()
   } catch (err) {
     await close().catch(() => {})
     throw err
   }
-  return { usage, admin, store, limits, flusher, leader, scheduler, clock, pool, close }
+  return { usage, admin, store, limits, flusher, events, webhooks, leader, scheduler, clock, pool, close }
 }
 
 async function finalFlush(flusher: Flusher, logger: EngineLogger | undefined): Promise<void> {

@@ -1,7 +1,7 @@
 /**
  * The telemetry seam: what the hot path, the counter store and the flusher report (decisions and
  * their latency, fail-open admissions, deny-cache hits, batch sizes, command timeouts, rows
- * flushed), and a no-op implementation. The layers below http/ never import a metrics library:
+ * flushed, threshold events and their webhook deliveries), and a no-op implementation. The layers below http/ never import a metrics library:
  * each declares the few calls it makes (UsageTelemetry, StoreTelemetry, FlushTelemetry), which
  * this interface satisfies, and engine.ts hands the one implementation to all of them. The
  * Prometheus implementation lives in http/metrics.ts.
@@ -26,6 +26,10 @@ export interface Telemetry {
   commandTimeout(): void
   /** Rows the flusher wrote to daily_usage. */
   flushRows(rows: number): void
+  /** Threshold events recorded in usage_events (80 or 100 %). */
+  thresholdEvents(threshold: 80 | 100, count: number): void
+  /** One webhook delivery attempt of a threshold event and how it ended. */
+  webhookDelivery(outcome: 'delivered' | 'failed' | 'gave_up'): void
 }
 
 /** The default: nothing recorded, nothing allocated. */
@@ -36,4 +40,6 @@ export const noTelemetry: Telemetry = Object.freeze({
   batch() {},
   commandTimeout() {},
   flushRows() {},
+  thresholdEvents() {},
+  webhookDelivery() {},
 })

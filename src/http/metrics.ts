@@ -96,6 +96,20 @@ export function createQuotaMetrics(options: QuotaMetricsOptions = {}): QuotaMetr
     help: 'Rows the flusher wrote to daily_usage.',
     registers: [registry],
   })
+  const events = new Counter({
+    name: 'quota_events_total',
+    help: 'Threshold events recorded in usage_events, by threshold (percent of the limit).',
+    labelNames: ['threshold'] as const,
+    registers: [registry],
+  })
+  const deliveries = new Counter({
+    name: 'quota_webhook_deliveries_total',
+    help: 'Webhook delivery attempts of threshold events: delivered (2xx), failed (retried later), gave_up (retry period over).',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  })
+  for (const threshold of ['80', '100']) events.inc({ threshold }, 0)
+  for (const outcome of ['delivered', 'failed', 'gave_up']) deliveries.inc({ outcome }, 0)
   new Gauge({
     name: 'quota_flush_lag_seconds',
     help: 'Age of the oldest change not yet in daily_usage (0 when nothing is pending). Absent when Redis does not answer in time.',
@@ -157,6 +171,12 @@ export function createQuotaMetrics(options: QuotaMetricsOptions = {}): QuotaMetr
     },
     flushRows(rows) {
       if (rows > 0) flushRows.inc(rows)
+    },
+    thresholdEvents(threshold, count) {
+      events.inc({ threshold: String(threshold) }, count)
+    },
+    webhookDelivery(outcome) {
+      deliveries.inc({ outcome })
     },
   }
 

@@ -31,6 +31,7 @@ import type { WriteResult } from '../db/daily-usage.ts'
 import { CounterUnavailableError } from '../counters/store.ts'
 import type { CounterStore, DirtyUserDay, WrittenUserDay } from '../counters/store.ts'
 import { mapLimited } from '../limited.ts'
+import type { EventOutbox } from './event-outbox.ts'
 
 export interface FlusherOptions {
   store: CounterStore
@@ -50,6 +51,8 @@ export interface FlusherOptions {
   clock?: Clock
   /** Told how many rows each written batch put in daily_usage (the engine passes its Telemetry). */
   telemetry?: FlushTelemetry
+  /** Copies threshold crossings to usage_events in each pass (and so in the final flush). */
+  events?: Pick<EventOutbox, 'copy'>
 }
 
 /** The call the flusher makes to the telemetry seam. */
@@ -128,7 +131,7 @@ function byKey(a: DirtyUserDay, b: DirtyUserDay): number {
 }
 
 export class Flusher {
-  readonly #options: Required<Omit<FlusherOptions, 'logger' | 'clock' | 'telemetry'>> & Pick<FlusherOptions, 'logger' | 'clock' | 'telemetry'>
+  readonly #options: Required<Omit<FlusherOptions, 'logger' | 'clock' | 'telemetry' | 'events'>> & Pick<FlusherOptions, 'logger' | 'clock' | 'telemetry' | 'events'>
   readonly stats: FlushStats = { rowsWritten: 0, answersKept: 0, passes: 0, lastSuccessAt: null, lastError: null, consecutiveFailures: 0 }
   #timer: NodeJS.Timeout | undefined
   #running = false
@@ -145,8 +148,8 @@ export class Flusher {
   readonly #rejected = new Set<string>()
   /** Whether the last pass left some bucket with more to read. */
   #lastPassFull = false
-  /** Idempotent answers the last pass found pending (0: the outbox is empty). */
-  #lastPassKeys = 0
+  /** Idempotent answers and threshold crossings the last pass found pending (0: both outboxes are empty). */
+  #lastPassOutbox = 0
 
   constructor(options: FlusherOptions) {
     this.#options = {
@@ -201,7 +204,7 @@ export class Flusher {
       total.read += r.read
       total.written += r.written
       total.acked += r.acked
-      if ((r.read === 0 || r.acked === 0) && this.#lastPassKeys === 0) break
+      if ((r.read === 0 || r.acked === 0) && this.#lastPassOutbox === 0) break
     }
     return total
   }
@@ -269,7 +272,10 @@ export class Flusher {
     // Read after the user-days: every idempotent answer that counted in what was just read is in
     // the outbox by now, and is in Postgres before those counts are. A count in daily_usage then
     // never goes without the answer a retry after a Redis loss must replay.
-    this.#lastPassKeys = await this.#keepAnswers(shape.perBucket ?? this.#options.perBucket)
+    this.#lastPassOutbox = await this.#keepAnswers(shape.perBucket ?? this.#options.perBucket)
+    // The crossings those decisions made (event-outbox.ts); pending ones keep flushAll passing.
+    const copied = await this.#options.events?.copy(shape.perBucket ?? this.#options.perBucket)
+    if (copied && copied.acked > 0) this.#lastPassOutbox += copied.read
     if (entries.length === 0) return { read: 0, written: 0, acked: 0 }
     entries.sort(byKey)
     const batches = batchBounds(entries.length, shape.batchSize ?? this.#options.batchSize)
