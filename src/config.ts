@@ -67,6 +67,8 @@ export const EnvSchema = Type.Object({
     minItems: 1, description: "comma-separated; when set, a token's aud must contain one of them",
     expected: 'a comma-separated list of audiences',
   })),
+  WEBHOOK_URL: Type.Optional(Type.String({ description: 'where threshold events are POSTed (http: or https:), with WEBHOOK_SECRET' })),
+  WEBHOOK_SECRET: Type.Optional(Type.String({ writeOnly: true, description: 'HMAC-SHA256 key signing the webhooks, at least 32 bytes' })),
   JWT_MAX_LIFETIME_S: Int(2_592_000, 60, 31_536_000, 'longest token lifetime: exp - iat, or exp - now without iat'),
   JWT_CLOCK_SKEW_S: Int(30, 0, 300, 'allowance for exp, nbf and iat in the future'),
   HTTP_REQUEST_TIMEOUT_MS: Int(10_000, 1000, 600_000, 'longest time to receive a whole request'),
@@ -132,6 +134,8 @@ export interface Config {
   embeddedPgPort?: number
   jwt: JwtConfig
   http: HttpConfig
+  /** WEBHOOK_URL and WEBHOOK_SECRET, when set: threshold events are POSTed there (docs/events.md). */
+  webhook?: { url: string; secret: string }
   docs: boolean
   usageFailMode: FailMode
   redisCommandTimeoutMs: number
@@ -202,6 +206,16 @@ function readEnv(env: Env): EnvValues {
   const detail = schema ? `must be ${expectation(schema)}` : (error?.message ?? 'is invalid')
   const shown = schema?.writeOnly ? '(hidden)' : `"${env[name] ?? ''}"`
   throw new ConfigError(name, `${detail}, got ${shown}`)
+}
+
+/** Both WEBHOOK_ variables or neither; an http(s) URL and a key of at least 32 bytes. */
+function webhookOf(vars: EnvValues): Config['webhook'] {
+  const { WEBHOOK_URL: url, WEBHOOK_SECRET: secret } = vars
+  if (url === undefined && secret === undefined) return undefined
+  if (url === undefined) throw new ConfigError('WEBHOOK_URL', 'is required with WEBHOOK_SECRET (or unset both: no webhooks)')
+  if (secret === undefined) throw new ConfigError('WEBHOOK_SECRET', 'is required with WEBHOOK_URL (the key that signs each webhook)')
+  if (Buffer.byteLength(secret) < 32) throw new ConfigError('WEBHOOK_SECRET', `must be at least 32 bytes, got ${Buffer.byteLength(secret)}`)
+  return { url: checkUrl('WEBHOOK_URL', url, ['http:', 'https:']), secret }
 }
 
 function checkUrl(name: string, raw: string, protocols: readonly string[]): string {
@@ -314,6 +328,7 @@ export function loadConfig(env: Env = process.env, options: LoadConfigOptions = 
     throw new ConfigError('HTTP_HEADERS_TIMEOUT_MS', `must not exceed HTTP_REQUEST_TIMEOUT_MS ` +
       `(${vars.HTTP_REQUEST_TIMEOUT_MS}), got ${vars.HTTP_HEADERS_TIMEOUT_MS}`)
   }
+  const webhook = webhookOf(vars)
   const config = {
     mode,
     port: vars.PORT,
@@ -326,6 +341,7 @@ export function loadConfig(env: Env = process.env, options: LoadConfigOptions = 
       dataDir: resolve(cwd, vars.QUOTA_DATA_DIR ?? DEFAULT_DATA_DIR),
       ...(vars.EMBEDDED_PG_PORT !== undefined && { embeddedPgPort: vars.EMBEDDED_PG_PORT }),
     }),
+    ...(webhook !== undefined && { webhook }),
     redisKeyPrefix: vars.REDIS_KEY_PREFIX,
     redisAllowNoPersistence: vars.REDIS_ALLOW_NO_PERSISTENCE,
     http: {
@@ -373,6 +389,7 @@ export function redactedConfig(config: Config): Record<string, unknown> {
     ...config,
     ...(config.redisUrl !== undefined && { redisUrl: redactUrl(config.redisUrl) }),
     ...(config.databaseUrl !== undefined && { databaseUrl: redactUrl(config.databaseUrl) }),
+    ...(config.webhook !== undefined && { webhook: { url: redactUrl(config.webhook.url) } }),
     jwt: { source, algorithm: publicKey ? 'RS256/ES256' : 'HS256', issuer, audience, maxLifetimeS, clockSkewS },
   }
 }

@@ -262,3 +262,30 @@ t.test('README documents every variable of the schema', async (t) => {
     t.match(section, new RegExp(`\`${name}[\`=]`), `${name} is in README.md's configuration section`)
   }
 })
+
+t.test('WEBHOOK_URL and WEBHOOK_SECRET (DESIGN.md 1.3, 1.11): both or neither, an http(s) URL, a key of 32 bytes', async (t) => {
+  const cwd = t.testdir()
+  const KEY = 'a-webhook-signing-key-of-32-bytes!'
+  t.equal(loadConfig({ JWT_SECRET: SECRET }, { cwd }).webhook, undefined, 'none by default: events are recorded, not POSTed')
+  t.same(loadConfig({ JWT_SECRET: SECRET, WEBHOOK_URL: 'https://hooks.example.com/quota', WEBHOOK_SECRET: KEY }, { cwd }).webhook,
+    { url: 'https://hooks.example.com/quota', secret: KEY })
+  t.same(loadConfig({ ...REDIS_MODE, JWT_SECRET: SECRET, WEBHOOK_URL: 'http://127.0.0.1:9000/h', WEBHOOK_SECRET: KEY }, { cwd }).webhook?.url,
+    'http://127.0.0.1:9000/h', 'in mode redis too')
+  t.equal(loadConfig({ JWT_SECRET: SECRET, WEBHOOK_URL: '', WEBHOOK_SECRET: '' }, { cwd }).webhook, undefined, 'empty = unset')
+  const refused = (env: Record<string, string>) => refusal(() => loadConfig({ JWT_SECRET: SECRET, ...env }, { cwd }))
+  t.equal(refused({ WEBHOOK_URL: 'https://hooks.example.com/quota' }), 'WEBHOOK_SECRET', 'the URL without a key')
+  t.equal(refused({ WEBHOOK_SECRET: KEY }), 'WEBHOOK_URL', 'a key without the URL')
+  t.equal(refused({ WEBHOOK_URL: 'https://hooks.example.com/quota', WEBHOOK_SECRET: 'short' }), 'WEBHOOK_SECRET', 'a short key')
+  t.equal(refused({ WEBHOOK_URL: 'ftp://hooks.example.com/quota', WEBHOOK_SECRET: KEY }), 'WEBHOOK_URL', 'not http(s)')
+  t.equal(refused({ WEBHOOK_URL: 'hooks.example.com', WEBHOOK_SECRET: KEY }), 'WEBHOOK_URL', 'not a URL')
+  t.throws(() => loadConfig({ JWT_SECRET: SECRET, WEBHOOK_URL: 'https://h.example.com', WEBHOOK_SECRET: 'short-key' }, { cwd }),
+    { message: 'WEBHOOK_SECRET: must be at least 32 bytes, got 9' })
+  t.throws(() => loadConfig({ JWT_SECRET: SECRET, WEBHOOK_URL: 'https://h.example.com', WEBHOOK_SECRET: 'x'.repeat(31) }, { cwd }),
+    { message: /^WEBHOOK_SECRET: must be at least 32 bytes, got 31$/ }, 'the key never appears in the message')
+
+  const config = loadConfig({ JWT_SECRET: SECRET, WEBHOOK_URL: 'https://user:hook-password@hooks.example.com/q', WEBHOOK_SECRET: KEY }, { cwd })
+  const text = JSON.stringify(redactedConfig(config))
+  t.notOk(text.includes(KEY), 'redactedConfig: no webhook key')
+  t.notOk(text.includes('hook-password'), 'redactedConfig: no password in the URL')
+  t.match(redactedConfig(config), { webhook: { url: 'https://user:***@hooks.example.com/q' } })
+})
