@@ -32,6 +32,7 @@ import metricsRoute from './http/routes/metrics.ts'
 import dashboardRoutes from './http/routes/dashboard.ts'
 import { createQuotaMetrics } from './http/metrics.ts'
 import deployRoutes from './http/routes/deploy.ts'
+import reservationRoutes from './http/routes/reservations.ts'
 import usageRoutes from './http/routes/usage.ts'
 
 /** Re-exported: the pino options used to live here. */
@@ -238,6 +239,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   // ---- usage plugin and routes are registered here ----
   await app.register(quotaPlugin, { engine })
   await app.register(usageRoutes, { prefix: '/api/usage' })
+  await app.register(reservationRoutes, { prefix: '/api/usage' })
   await app.register(adminRoutes, { prefix: '/api/usage/admin' })
   if (config.demoRoutes) await app.register(deployRoutes)
   // ------------------------------------------------------

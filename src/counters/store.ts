@@ -107,6 +107,8 @@ export interface DecisionAnswer {
   reserved?: number[]
   /** Commit and cancel: the amount the reservation held. */
   held?: number
+  /** Commit: the amount recorded (on a replay, the first commit's). */
+  committed?: number
 }
 
 /** A user-day as the history (daily_usage) remembers it, to rebuild a store that lost its state. */

@@ -96,6 +96,7 @@ export const MetricStateSchema = Type.Object({
   remaining: Nullable(Type.Number()),
   unit: Type.String(),
   period: Type.String(),
+  reserved: Type.Optional(Type.Number({ description: 'Held by open reservations: counts against the limit' })),
 })
 
 export const StatusResponse = Type.Object({

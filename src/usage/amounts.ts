@@ -68,3 +68,19 @@ export function prepareAmounts(amounts: Amounts, allowNegative: boolean): Prepar
 export function fingerprint(mode: string, prepared: PreparedAmounts): string {
   return `${mode}|${prepared.metrics.map((m, i) => `${m}=${prepared.micro[i]}`).join(';')}`
 }
+
+/**
+ * Prepared amounts of a consume. A frozen amounts object (a guard's, fixed at start-up) is
+ * prepared once: a guarded request does not validate and convert the same amounts again.
+ */
+const preparedFrozen = new WeakMap<Amounts, PreparedAmounts>()
+
+export function prepareFixed(amounts: Amounts): PreparedAmounts {
+  if (amounts === null || typeof amounts !== 'object' || !Object.isFrozen(amounts)) return prepareAmounts(amounts, false)
+  let prepared = preparedFrozen.get(amounts)
+  if (prepared === undefined) {
+    prepared = prepareAmounts(amounts, false)
+    preparedFrozen.set(amounts, prepared)
+  }
+  return prepared
+}

@@ -61,3 +61,21 @@ export class IdempotencyKeyLimitError extends Error {
     super('This user holds the most idempotency keys allowed at once (each is kept 24 h); retry later, or send the call without idempotency_key')
   }
 }
+
+/** A commit or cancel of a reservation the user does not hold: never made, another user's, lapsed, or lost. */
+export class ReservationNotFoundError extends Error {
+  override name = 'ReservationNotFoundError'
+  readonly statusCode = 404
+  constructor(readonly reservationId: string) {
+    super('No open reservation with this id: it is unknown, expired, or belongs to another user')
+  }
+}
+
+/** A commit of a cancelled reservation, or a cancel of a committed one. */
+export class ReservationSettledError extends Error {
+  override name = 'ReservationSettledError'
+  readonly statusCode = 409
+  constructor(readonly reservationId: string, action: 'commit' | 'cancel') {
+    super(action === 'commit' ? 'This reservation was cancelled: it cannot be committed' : 'This reservation was committed: it cannot be cancelled')
+  }
+}

@@ -16,12 +16,14 @@ import type { TierLimits } from '../limits/tier-limits.ts'
 import { METRIC_NAMES, METRICS, fromMicro } from '../metrics.ts'
 import type { MetricName } from '../metrics.ts'
 import {
-  checkIdempotencyKey, denialReason, fingerprint, metricState, normalizeUserId, prepareAmounts,
+  checkIdempotencyKey, denialReason, fingerprint, metricState, normalizeUserId, prepareAmounts, prepareFixed,
 } from './amounts.ts'
 import type { PreparedAmounts } from './amounts.ts'
 import { DenyCache } from './deny-cache.ts'
 import type { Lead } from './deny-cache.ts'
 import { IdempotencyConflictError, IdempotencyKeyLimitError, TotalTooLargeError, UsageUnavailableError } from './errors.ts'
+import { Reservations } from './reservations.ts'
+import type { Hold, ReservationResult, ReserveOptions } from './reservations.ts'
 import type { Amounts, CallOptions, ConsumeResult, ConsumedMetric, Decision, MetricState, UsageStatus } from './types.ts'
 
 export { IdempotencyConflictError }
@@ -54,10 +56,23 @@ export class UsageService {
   readonly #options: UsageServiceOptions
   readonly #denials: DenyCache | undefined
   readonly #telemetry: UsageTelemetry
+  /** Reservations (holds): reserve an estimate, then commit the actual or cancel. */
+  readonly reservations: Reservations
 
   constructor(options: UsageServiceOptions) {
     this.#options = options
     this.#telemetry = options.telemetry ?? NO_TELEMETRY
+    this.reservations = new Reservations({
+      clock: options.clock,
+      tierOf: (id) => this.#tier(id),
+      limitsOf: (tier) => this.#limitsOf(tier),
+      decide: async (request) => {
+        const answer = await options.store.decide(request).catch((err: unknown) => { throw unavailable(err) })
+        // A settled hold frees room: a denial remembered while it was held is stale now.
+        if (request.mode !== 'reserve') this.#denials?.forget(request.userId)
+        return answer
+      },
+    })
     const denyMs = options.denyCacheMs ?? 1000
     this.#denials = denyMs > 0 ? new DenyCache({ ttlMs: denyMs }) : undefined
     if (this.#denials) {
@@ -125,6 +140,15 @@ export class UsageService {
     }
   }
 
+  /**
+   * Holds `amount` of a daily metric against today's limit until committed, cancelled or lapsed
+   * (`ttlSeconds`, default 300): `hold.commit(actual)` / `hold.cancel()`. Denied: `allowed` false,
+   * `hold` null.
+   */
+  reserve(userId: string, metric: MetricName, amount: number, options: ReserveOptions = {}): Promise<ReservationResult & { hold: Hold | null }> {
+    return this.reservations.hold(userId, metric, amount, options)
+  }
+
   /** Today's usage of every metric. */
   async status(userId: string): Promise<UsageStatus> {
     const id = normalizeUserId(userId)
@@ -141,7 +165,12 @@ export class UsageService {
     }
     const states = {} as Record<MetricName, MetricState>
     METRIC_NAMES.forEach((m, i) => {
-      states[m] = metricState(m, answer.current[i] ?? 0, limits[m])
+      const reserved = answer.reserved?.[i] ?? 0
+      const state = metricState(m, answer.current[i] ?? 0, limits[m])
+      // What is held counts against the limit: remaining is what a consume may still take.
+      const limit = limits[m]
+      if (reserved > 0 && limit !== null) state.remaining = fromMicro(Math.max(0, limit - (answer.current[i] ?? 0) - reserved))
+      states[m] = { ...state, reserved: fromMicro(reserved) }
     })
     return { user_id: id, tier, date: day, resets_at: nextMidnightIso(now), metrics: states }
   }
@@ -356,22 +385,6 @@ export class UsageService {
 export function unavailable(err: unknown): Error {
   if (err instanceof CounterUnavailableError) return new UsageUnavailableError(undefined, { cause: err })
   return err instanceof Error ? err : new Error(String(err))
-}
-
-/**
- * Prepared amounts of a consume. A frozen amounts object (a guard's, fixed at start-up) is
- * prepared once: a guarded request does not validate and convert the same amounts again.
- */
-const preparedFrozen = new WeakMap<Amounts, PreparedAmounts>()
-
-function prepareFixed(amounts: Amounts): PreparedAmounts {
-  if (amounts === null || typeof amounts !== 'object' || !Object.isFrozen(amounts)) return prepareAmounts(amounts, false)
-  let prepared = preparedFrozen.get(amounts)
-  if (prepared === undefined) {
-    prepared = prepareAmounts(amounts, false)
-    preparedFrozen.set(amounts, prepared)
-  }
-  return prepared
 }
 
 /** Earliest reset among the metrics (ISO): the next UTC midnight, or null when only the gauge. */

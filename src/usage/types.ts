@@ -12,6 +12,8 @@ export interface MetricState {
   remaining: number | null
   unit: string
   period: MetricPeriod
+  /** Held by open reservations (status only; counts against the limit). */
+  reserved?: number
 }
 
 export interface Decision {

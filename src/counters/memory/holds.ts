@@ -93,6 +93,7 @@ export function settleHold(
   if (action === 'commit' && metric.amount > 0 && (current[0] as number) + metric.amount > MAX_TOTAL_MICRO) return refused('too-large')
   if (action === 'commit') apply(day, current)
   const answer: DecisionAnswer = { outcome: 'allowed', replayed: false, deniedIndex: -1, context, current, limits: [metric.limit], held: hold.amount }
+  if (action === 'commit') answer.committed = metric.amount
   holds.settle(hold, action, { ...answer, current: current.slice(), limits: [metric.limit] })
   const reserved = reservedOf(day, req.metrics)
   if (reserved !== undefined) answer.reserved = reserved

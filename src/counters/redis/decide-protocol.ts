@@ -53,6 +53,8 @@ export interface EncodedDecision {
   readonly context: AnswerContext | undefined
   /** Commit and cancel answer with the amount held in the slot other decisions name a denial in. */
   readonly settles: boolean
+  /** A commit's amount, micro-units (its answer says what was recorded). */
+  readonly commits: number | undefined
   /**
    * Redis-server time (ms) after which the script must apply nothing, because the caller will
    * have given up; read when the call is built (a NOSCRIPT resend keeps it: stricter, never later).
@@ -79,6 +81,8 @@ export interface ScriptAnswer {
   reserved?: number[]
   /** Commit and cancel: the amount the reservation held. */
   held?: number
+  /** Commit: the amount recorded (a replay: the first commit's). */
+  committed?: number
 }
 
 /** What a decision needs to know of its day; the same for every decision of the day. */
@@ -135,6 +139,7 @@ export function encodeDecision(
     limits: request.metrics.map((m) => m.limit),
     context: idempotency?.context,
     settles: request.mode === 'commit' || request.mode === 'cancel',
+    commits: request.mode === 'commit' ? (request.metrics[0]?.amount ?? 0) : undefined,
     deadline,
   }
 }
@@ -200,6 +205,7 @@ export function decodeReply(flat: readonly (number | string)[], decisions: reado
     if (!replayed) {
       const fresh: ScriptAnswer = { status, replayed, deniedIndex, retryAfterMs: 0, current, limits: [...d.limits], context: d.context }
       if (held !== undefined) fresh.held = held
+      if (d.commits !== undefined && status === 'allowed') fresh.committed = d.commits
       if (hasHeld) fresh.reserved = flat.slice(at + 2 + n, at + 2 + 2 * n) as number[]
       answers.push(fresh)
       at += 2 + (hasHeld ? 2 * n : n)
@@ -208,9 +214,11 @@ export function decodeReply(flat: readonly (number | string)[], decisions: reado
     // A replay answers with the first call's limits and context (a settled reservation keeps none).
     const limits = (flat.slice(at + 2 + n, at + 2 + 2 * n) as number[]).map((l) => (l < 0 ? null : l))
     const contextText = String(flat[at + 2 + 2 * n])
-    const context = contextText === '' ? d.context : decodeContext(contextText)
+    // A settled reservation's answer keeps the amount a commit recorded where others keep a context.
+    const context = d.settles ? d.context : decodeContext(contextText)
     const replay: ScriptAnswer = { status, replayed, deniedIndex, retryAfterMs: 0, current, limits, context }
     if (held !== undefined) replay.held = held
+    if (d.commits !== undefined) replay.committed = Number(contextText)
     answers.push(replay)
     at += 3 + 2 * n
   }

@@ -211,6 +211,7 @@ export class RedisCounterStore implements CounterStore {
             limits: answer.limits,
             ...(answer.reserved !== undefined ? { reserved: answer.reserved } : {}),
             ...(answer.held !== undefined ? { held: answer.held } : {}),
+            ...(answer.committed !== undefined ? { committed: answer.committed } : {}),
           }
       }
     }

@@ -382,7 +382,7 @@ end
 
 -- A commit or cancel of the reservation named after the metrics (see the header). The entry's
 -- lapsed holds are released already.
-local function settle(args, keys, positions, amounts, limits, entry, dirty_count, hold_id, context)
+local function settle(args, keys, positions, amounts, limits, entry, dirty_count, hold_id)
   local mode = args[MODE]
   local record = redis.call('HGET', keys.holds, hold_id)
   local kind = record and string.sub(record, 1, 1)
@@ -420,7 +420,8 @@ local function settle(args, keys, positions, amounts, limits, entry, dirty_count
   else
     write_entry(args, keys, entry, dirty_count)
   end
-  redis.call('HSET', keys.holds, hold_id, kind_of(mode) .. ',1,' .. fmt(held) .. ',' .. fmt(current[1]) .. ',' .. fmt(limits[1]) .. ',' .. context)
+  -- Kept for a repeat, in the stored-answer layout; its context is the amount recorded.
+  redis.call('HSET', keys.holds, hold_id, kind_of(mode) .. ',1,' .. fmt(held) .. ',' .. fmt(current[1]) .. ',' .. fmt(limits[1]) .. ',' .. fmt(amounts[1]))
   answer_values(ALLOWED, held, current, entry, positions)
 end
 
@@ -458,7 +459,7 @@ local function decide(args, keys, idem_key, index_key, context, fingerprint, hol
   end
   entry.released = release_lapsed(args, keys, entry)
   if mode == 'commit' or mode == 'cancel' then
-    settle(args, keys, positions, amounts, limits, entry, dirty_count, hold_id, context)
+    settle(args, keys, positions, amounts, limits, entry, dirty_count, hold_id)
     return
   end
   if stores_key then
