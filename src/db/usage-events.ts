@@ -38,14 +38,15 @@ const FOREIGN_KEY_VIOLATION = '23503'
 
 // One statement per batch, each column one array literal (see array-literal.ts). DO NOTHING with no
 // conflict target covers both unique indexes: a crossing with a live event of its user, metric,
-// day and threshold, and the same crossing copied a second time. Oldest first, so of two
-// crossings of one key in a batch the first is the event. Due at once: next_attempt_at = created_at.
+// day and threshold, and the same crossing copied a second time. Oldest first (ties in the order
+// given), so ids follow the crossings and of two of one key the first is the event. Due at once:
+// next_attempt_at = created_at.
 const INSERT_EVENTS = `INSERT INTO usage_events
          (user_id, metric, date, threshold, current, "limit", created_at, next_attempt_at)
   SELECT t.u, t.m, t.d, t.th, t.c, t.l, t.at, t.at
     FROM unnest($1::uuid[], $2::text[], $3::date[], $4::smallint[], $5::numeric[], $6::numeric[], $7::timestamptz[])
-         AS t(u, m, d, th, c, l, at)
-   ORDER BY t.at, t.u, t.m, t.th
+         WITH ORDINALITY AS t(u, m, d, th, c, l, at, n)
+   ORDER BY t.at, t.n
   ON CONFLICT DO NOTHING
   RETURNING threshold`
 

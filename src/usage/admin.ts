@@ -14,7 +14,8 @@ import { notifyChange } from '../db/changes.ts'
 import type { Pool } from '../db/client.ts'
 import { activeUserIds } from '../db/daily-usage.ts'
 import { nearLimits, topUsers, usageHistory } from '../db/reports.ts'
-import type { UsageReportRow } from '../db/reports.ts'
+import { listEvents, rearmEvents, rearmTierEvents } from '../db/usage-events.ts'
+import type { EventRow } from '../db/usage-events.ts'
 import { listLimits, updateLimits } from '../db/usage-limits.ts'
 import type { LimitColumn, TierLimitsRow } from '../db/usage-limits.ts'
 import { getUser, setUserTier } from '../db/users.ts'
@@ -27,6 +28,8 @@ import { UnknownTierError } from './errors.ts'
 import type { UsageService } from './service.ts'
 import { unavailable } from './service.ts'
 import type { ResetSummary, UsageStatus } from './types.ts'
+import { REPORT_METRICS, usageRow } from './reports.ts'
+import type { NearLimitsReport, NearMetric, TopUsersReport, UsageHistoryReport } from './reports.ts'
 
 /** Users whose counters a reset zeroes at once. */
 const RESET_CONCURRENCY = 100
@@ -51,6 +54,8 @@ export interface AdminServiceOptions {
   clock: Clock
   /** Writes every pending change to Postgres: who was active today, and the zeros of a reset. */
   flushAll: () => Promise<unknown>
+  /** Copies the store's threshold crossings to usage_events (before a re-arm). @default none */
+  flushEvents?: () => Promise<unknown>
   /** Reports failed audit writes of actions without an actor logger. */
   logger?: AuditLogger
 }
@@ -153,8 +158,11 @@ export class AdminService {
         users_failed_count: failed.length,
         persisted,
       }
+      // The reset users' threshold events of the day end: their next crossings are new events.
+      const rearm = await this.#rearm({ userIds: userId === null && failed.length === 0 ? null : reset }, day, metrics)
       const reasons = [...new Set(failed.map((f) => (f.error as Error)?.message ?? String(f.error)))].slice(0, 5)
       await this.#audit(options.actor, 'manual-reset', target, summary.complete ? 'ok' : 'partial', {
+        ...rearm,
         users_reset: summary.users_reset,
         rows_updated: summary.rows_updated,
         users_failed: summary.users_failed,
@@ -187,7 +195,8 @@ export class AdminService {
       throw err
     }
     if (user) this.#options.limits.invalidateUser(user.id)
-    await this.#audit(actor, 'set-tier', target, user ? 'ok' : 'not-found')
+    const rearm = user ? await this.#rearm({ userIds: [user.id] }, utcDay(this.#options.clock.now())) : {}
+    await this.#audit(actor, 'set-tier', target, user ? 'ok' : 'not-found', user ? rearm : undefined)
     return user
   }
 
@@ -211,8 +220,40 @@ export class AdminService {
       throw err
     }
     await this.#options.limits.invalidateAll()
-    await this.#audit(actor, 'update-limits', target, 'ok', { limits })
+    // The events of the metrics whose limit was named, of every user of the tier.
+    const metrics = DAILY_METRICS.filter((m) => METRICS[m].limitColumn in limits)
+    const rearm = metrics.length > 0 ? await this.#rearm({ tier }, utcDay(this.#options.clock.now()), metrics) : {}
+    await this.#audit(actor, 'update-limits', target, 'ok', { limits, ...rearm })
     return row
+  }
+
+  /**
+   * Re-arms today's threshold events of a scope (docs/events.md): the crossings made so far are
+   * copied to usage_events, then the scope's live events of `day` end, so the next crossing is a
+   * new event. Never throws (the change it follows has happened): returns what goes in the audit.
+   */
+  async #rearm(
+    scope: { userIds: readonly string[] | null } | { tier: string },
+    day: string,
+    metrics?: readonly MetricName[],
+  ): Promise<{ events_rearmed: number } | { rearm_error: string }> {
+    const { pool, clock } = this.#options
+    try {
+      await this.#options.flushEvents?.()
+      const at = clock.now()
+      const n = 'tier' in scope
+        ? await rearmTierEvents(pool, { tier: scope.tier, day, at, metrics })
+        : await rearmEvents(pool, { userIds: scope.userIds, day, at, metrics })
+      return { events_rearmed: n }
+    } catch (err) {
+      this.#options.logger?.error({ err: (err as Error).message, scope, day }, 'threshold events not re-armed')
+      return { rearm_error: (err as Error).message }
+    }
+  }
+
+  /** Threshold events with an id above `after`, oldest first, with their delivery state. */
+  async listEvents(after: number, limit: number): Promise<EventRow[]> {
+    return listEvents(this.#options.pool, after, limit)
   }
 
   /**
@@ -290,65 +331,4 @@ export class AdminService {
       })),
     }
   }
-}
-
-/** Metrics in registry order, for the near-limits report. */
-const REPORT_METRICS = Object.keys(METRICS) as MetricName[]
-
-/** One user's usage of a day, as display numbers (exact: at most 6 decimals, well within a double). */
-export interface UsageRow {
-  user_id: string
-  username: string
-  tier: string
-  deployments_created: number
-  api_calls: number
-  compute_hours: number
-  storage_gb: number
-}
-
-function usageRow(row: UsageReportRow): UsageRow {
-  return {
-    user_id: row.user_id,
-    username: row.username,
-    tier: row.tier,
-    deployments_created: Number(row.deployments_created),
-    api_calls: Number(row.api_calls),
-    compute_hours: Number(row.compute_hours),
-    storage_gb: Number(row.storage_gb),
-  }
-}
-
-export interface TopUsersReport {
-  date: string
-  metric: MetricName
-  users: UsageRow[]
-}
-
-export interface NearMetric {
-  current: number
-  limit: number
-  /** current / limit; null when the limit is 0. */
-  ratio: number | null
-  /** Over threshold x limit. */
-  near: boolean
-}
-
-export interface NearLimitsReport {
-  date: string
-  threshold: number
-  users: { user_id: string; username: string; tier: string; metrics: Partial<Record<MetricName, NearMetric>> }[]
-}
-
-export interface UsageHistoryReport {
-  from: string
-  to: string
-  user_id: string | null
-  days: {
-    date: string
-    active_users: number
-    total_deployments: number
-    total_api_calls: number
-    total_compute_hours: number
-    total_storage_gb: number
-  }[]
 }

@@ -36,6 +36,7 @@ const ROUTES: [string, string, 'anyone' | 'user' | 'admin', number, number[]][] 
   ['/api/usage/admin/top', 'get', 'admin', 200, [400, 401, 403]],
   ['/api/usage/admin/near-limits', 'get', 'admin', 200, [400, 401, 403]],
   ['/api/usage/admin/history', 'get', 'admin', 200, [400, 401, 403]],
+  ['/api/usage/admin/events', 'get', 'admin', 200, [400, 401, 403]],
   ['/api/deploy', 'post', 'user', 201, [401, 429, 503]],
 ]
 

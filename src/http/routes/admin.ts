@@ -1,15 +1,18 @@
 /**
- * Admin routes under /api/usage/admin: manual reset, any user's status, a user's tier, tier limits.
+ * Admin routes under /api/usage/admin: manual reset, any user's status, a user's tier, tier limits,
+ * the reports and the threshold events.
  * The work is the admin service's (usage/admin.ts); these routes validate, authorise and render.
  * Every change is done in the name of the admin's token (the service records it in admin_audit)
  * and logged here with actor, action, target and outcome.
  */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
+import type { EventRow } from '../../db/usage-events.ts'
 import type { TierLimitsRow } from '../../db/usage-limits.ts'
 import type { AdminActor } from '../../usage/admin.ts'
 import { UnknownTierError } from '../../usage/errors.ts'
 import { HttpError } from '../errors.ts'
+import { EventsQuery, EventsResponse } from '../event-schemas.ts'
 import {
   LimitsBody, LimitsListResponse, ResetBody, ResetResponse, StatusResponse, TierBody, TierLimitsSchema, TierParams,
   UserIdParams, UserTierResponse, errorResponses,
@@ -215,6 +218,29 @@ const adminRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const days = wholeIn(request.query.days, 7, 1, 366, 'days')
     return admin.usageHistory({ days, userId: request.query.user_id })
   })
+
+  app.get('/events', {
+    schema: {
+      tags: ['admin'],
+      summary: 'Threshold events (a daily metric of a user reaching 80 % or 100 % of its limit), oldest first',
+      description: [
+        'Events with an id above `after` (default 0), at most `limit` (1-1000, default 100), each with the webhook body\'s fields',
+        'and its delivery state. Page or poll by passing `next_after` as `after`. docs/events.md has the semantics and the re-arm rules.',
+      ].join('\n'),
+      security,
+      querystring: EventsQuery,
+      response: { 200: EventsResponse, ...errorResponses(400, 401, 403, 503) },
+    },
+  }, async (request) => {
+    const after = wholeIn(request.query.after, 0, 0, Number.MAX_SAFE_INTEGER, 'after')
+    const rows = await admin.listEvents(after, wholeIn(request.query.limit, 100, 1, 1000, 'limit'))
+    return { events: rows.map(eventBody), next_after: rows.at(-1)?.id ?? after }
+  })
+}
+
+function eventBody(row: EventRow) {
+  const delivery: 'delivered' | 'gave_up' | 'pending' = row.delivered_at !== null ? 'delivered' : row.gave_up_at !== null ? 'gave_up' : 'pending'
+  return { ...row, type: 'usage.threshold' as const, current: Number(row.current), limit: Number(row.limit), delivery }
 }
 
 export default adminRoutes
