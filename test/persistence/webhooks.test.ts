@@ -9,6 +9,7 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
+import type { Test } from 'tap'
 import { ManualClock } from '../../src/clock.ts'
 import { createQuotaEngine } from '../../src/engine.ts'
 import { createPool } from '../../src/db/client.ts'
@@ -46,7 +47,7 @@ interface Setup {
   worker(options?: Partial<WebhookOptions>): WebhookDelivery
 }
 
-async function setup(tt: Parameters<Parameters<typeof t.test>[1]>[0], db?: TestDatabase): Promise<Setup> {
+async function setup(tt: Test, db?: TestDatabase): Promise<Setup> {
   const database = db ?? await createTestDatabase(tt)
   const pool = createPool(database.url)
   const clock = new ManualClock(NOW)
