@@ -102,7 +102,8 @@ export interface DecisionAnswer {
   limits: (number | null)[]
   /**
    * Held by open reservations per metric after the call, micro-units, in request order (0 for the
-   * gauge); undefined when nothing is held (and on replays, not-found and refusals).
+   * gauge); undefined when nothing is held (and on replays — except a settled reservation's, which
+   * repeats what stayed held then — not-found and refusals).
    */
   reserved?: number[]
   /** Commit and cancel: the amount the reservation held. */

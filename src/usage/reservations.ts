@@ -160,7 +160,7 @@ export class Reservations {
     if (!allowed) {
       result.denial = {
         allowed: false, reason: denialReason(metric), deniedMetric: metric, tier: answerTier, day: answerDay,
-        metrics: { [metric]: { ...metricState(metric, current, usedLimit), amount } },
+        metrics: { [metric]: { ...metricState(metric, current, usedLimit), remaining: state.remaining, amount } },
         resetsAt: new Date(Date.parse(`${answerDay}T00:00:00Z`) + 86_400_000).toISOString(),
         replayed: answer.replayed,
       }

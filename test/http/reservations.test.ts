@@ -40,6 +40,7 @@ t.test('reserve, consume against the hold, commit less, commit again, conflicts'
   t.equal((await post('/api/usage/consume', { metric: 'compute_hours', amount: 4 })).statusCode, 200)
   const noRoom = await post(RESERVE, { metric: 'compute_hours', amount: 0.5 })
   t.equal(noRoom.statusCode, 429, 'a reservation past the limit is the 429 of consume')
+  t.match(noRoom.json(), { detail: { current: 4, limit: 10, remaining: 0 } }, 'remaining counts what is held')
   t.ok(noRoom.headers['retry-after'], 'with Retry-After')
 
   const commit = await post(`${RESERVE}/${hold.reservation_id}/commit`, { amount: 2.5 })
@@ -81,6 +82,13 @@ t.test('commit more than held is recorded and said; cancel records nothing', asy
   t.equal((await del(`${RESERVE}/${dropped.reservation_id}`)).headers['idempotent-replayed'], 'true', 'a second cancel replays')
   t.equal((await post(`${RESERVE}/${dropped.reservation_id}/commit`, { amount: 1 })).statusCode, 409, 'a cancelled one cannot be committed')
   t.match(await status('api_calls'), { current: 0, reserved: 0 })
+
+  const [x, y] = [(await post(RESERVE, { metric: 'api_calls', amount: 10 })).json(), (await post(RESERVE, { metric: 'api_calls', amount: 20 })).json()]
+  const settled = await post(`${RESERVE}/${x.reservation_id}/commit`, { amount: 10 })
+  t.match(settled.json(), { reserved: 20, remaining: 4970 })
+  await del(`${RESERVE}/${y.reservation_id}`)
+  t.same((await post(`${RESERVE}/${x.reservation_id}/commit`, { amount: 10 })).json(), settled.json(),
+    "a repeat is the first answer byte for byte, though other holds changed since")
 
   const all = (await post(RESERVE, { metric: 'compute_hours', amount: 10 })).json()
   t.equal((await post('/api/usage/consume', { metric: 'compute_hours', amount: 1 })).statusCode, 429, 'everything held')

@@ -87,15 +87,20 @@ export function settleHold(
   if (hold.settled !== undefined) {
     if (hold.settled.action !== action) return refused('conflict')
     const first = hold.settled.answer
-    return { ...first, replayed: true, current: first.current.slice(), limits: first.limits.slice() }
+    const repeat: DecisionAnswer = { ...first, replayed: true, current: first.current.slice(), limits: first.limits.slice() }
+    if (first.reserved === undefined) delete repeat.reserved
+    else repeat.reserved = first.reserved.slice()
+    return repeat
   }
   const current = [day.counts[index]]
   if (action === 'commit' && metric.amount > 0 && (current[0] as number) + metric.amount > MAX_TOTAL_MICRO) return refused('too-large')
   if (action === 'commit') apply(day, current)
   const answer: DecisionAnswer = { outcome: 'allowed', replayed: false, deniedIndex: -1, context, current, limits: [metric.limit], held: hold.amount }
   if (action === 'commit') answer.committed = metric.amount
-  holds.settle(hold, action, { ...answer, current: current.slice(), limits: [metric.limit] })
+  holds.settle(hold, action, answer)
   const reserved = reservedOf(day, req.metrics)
   if (reserved !== undefined) answer.reserved = reserved
+  // A repeat answers as this one did: the values, and what stayed held then.
+  ;(hold.settled as NonNullable<typeof hold.settled>).answer = { ...answer, current: current.slice(), limits: [metric.limit], reserved: reserved?.slice() }
   return answer
 }

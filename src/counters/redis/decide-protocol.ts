@@ -218,7 +218,11 @@ export function decodeReply(flat: readonly (number | string)[], decisions: reado
     const context = d.settles ? d.context : decodeContext(contextText)
     const replay: ScriptAnswer = { status, replayed, deniedIndex, retryAfterMs: 0, current, limits, context }
     if (held !== undefined) replay.held = held
-    if (d.commits !== undefined) replay.committed = Number(contextText)
+    if (d.settles) {
+      const [committed, reserved] = contextText.split(';').map(Number)
+      if (d.commits !== undefined) replay.committed = committed
+      if (reserved !== undefined && reserved > 0) replay.reserved = [reserved]
+    }
     answers.push(replay)
     at += 3 + 2 * n
   }

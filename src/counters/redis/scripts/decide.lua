@@ -420,8 +420,10 @@ local function settle(args, keys, positions, amounts, limits, entry, dirty_count
   else
     write_entry(args, keys, entry, dirty_count)
   end
-  -- Kept for a repeat, in the stored-answer layout; its context is the amount recorded.
-  redis.call('HSET', keys.holds, hold_id, kind_of(mode) .. ',1,' .. fmt(held) .. ',' .. fmt(current[1]) .. ',' .. fmt(limits[1]) .. ',' .. fmt(amounts[1]))
+  -- Kept for a repeat, in the stored-answer layout; in place of a context, the amount recorded
+  -- and what stayed held of the metric.
+  redis.call('HSET', keys.holds, hold_id, kind_of(mode) .. ',1,' .. fmt(held) .. ',' .. fmt(current[1]) .. ',' .. fmt(limits[1])
+    .. ',' .. fmt(amounts[1]) .. ';' .. fmt(entry[7 + position]))
   answer_values(ALLOWED, held, current, entry, positions)
 end
 
