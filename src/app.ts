@@ -7,13 +7,13 @@ import helmet from '@fastify/helmet'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import Fastify from 'fastify'
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
-import type { Redis } from './counters/redis/client.ts'
+import type { RedisClient } from './counters/redis/client.ts'
 import type { LoggerOptions } from 'pino'
 import { loggerOptions } from './logger.ts'
 import { systemClock } from './clock.ts'
 import type { Clock } from './clock.ts'
 import type { Config } from './config.ts'
-import { createRedisClient, connectRedis } from './counters/redis/client.ts'
+import { createClusterClient, createRedisClient, connectRedis } from './counters/redis/client.ts'
 import { createPool } from './db/client.ts'
 import type { Pool } from './db/client.ts'
 import auth from './http/auth.ts'
@@ -43,7 +43,7 @@ declare module 'fastify' {
     config: Config
     pool: Pool
     /** The decision client in mode redis; undefined in embedded mode (counters in the process). */
-    redis: Redis | undefined
+    redis: RedisClient | undefined
     clock: Clock
   }
 }
@@ -58,8 +58,11 @@ export interface BuildAppOptions {
    * @default true
    */
   logger?: boolean | LoggerOptions | FastifyBaseLogger
-  /** An existing Redis client (not closed by the app). @default a new client on config.redisUrl (mode redis) */
-  redis?: Redis
+  /**
+   * An existing Redis client (not closed by the app). @default a new client on config.redisUrl
+   * (mode redis), or a cluster client on config.redisClusterNodes (mode cluster)
+   */
+  redis?: RedisClient
   /**
    * An existing pool (not ended by the app). @default a new pool on config.databaseUrl. Required
    * in embedded mode: the embedded database is opened once per process, with the data folder's
@@ -135,7 +138,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
 
   // Registered first so it runs last on close: the usage plugin's onClose (final flush) still
   // has its Redis and Postgres connections.
-  const owned: { pool?: Pool; redis?: Redis } = {}
+  const owned: { pool?: Pool; redis?: RedisClient } = {}
   app.addHook('onClose', async () => {
     await Promise.allSettled([
       owned.redis ? owned.redis.quit().catch(() => owned.redis?.disconnect()) : undefined,
@@ -145,21 +148,21 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
 
   const embedded = config.mode === 'embedded'
   let pool: Pool
-  let redis: Redis | undefined
+  let redis: RedisClient | undefined
   try {
     if (embedded) {
       if (!options.pool) throw new Error('quota: embedded mode needs the embedded database pool (preflight.ts, prepareEmbedded)')
       pool = options.pool
     } else {
-      const { databaseUrl, redisUrl } = config
-      if (databaseUrl === undefined || redisUrl === undefined) throw new Error('quota: mode redis needs REDIS_URL and DATABASE_URL')
+      const { databaseUrl, redisUrl, redisClusterNodes } = config
+      const where = redisUrl ?? redisClusterNodes?.map((n) => `${n.host}:${n.port}`).join(',')
+      if (databaseUrl === undefined || where === undefined) throw new Error(`quota: mode ${config.mode} needs its Redis and DATABASE_URL`)
       pool = options.pool ?? (owned.pool = createPool(databaseUrl, { logger: app.log }))
-      redis = options.redis ?? (owned.redis = createRedisClient({
-        url: redisUrl,
-        commandTimeoutMs: config.redisCommandTimeoutMs,
-        logger: app.log,
-      }))
-      if (owned.redis) await connectRedis(owned.redis, redisUrl)
+      const timeouts = { commandTimeoutMs: config.redisCommandTimeoutMs, logger: app.log }
+      redis = options.redis ?? (owned.redis = redisClusterNodes !== undefined
+        ? createClusterClient({ nodes: redisClusterNodes, ...timeouts })
+        : createRedisClient({ url: where, ...timeouts }))
+      if (owned.redis) await connectRedis(owned.redis, where)
     }
   } catch (err) {
     await app.close()
@@ -168,7 +171,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
 
   app.decorate('config', config)
   app.decorate('pool', pool)
-  app.decorate('redis', redis)
+  app.decorate<RedisClient | undefined>('redis', redis)
   app.decorate('clock', options.clock ?? systemClock)
 
   const metrics = options.metrics === false ? undefined : createQuotaMetrics()
@@ -186,6 +189,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     commandTimeoutMs: config.redisCommandTimeoutMs,
     flushIntervalMs: config.flushIntervalMs,
     idempotencyKeysPerUser: config.idempotencyKeysPerUser,
+    ...(config.historyRetentionMonths !== undefined && { historyRetentionMonths: config.historyRetentionMonths }),
     clock: app.clock,
     logger: app.log,
     ...(metrics ? { telemetry: metrics.telemetry } : {}),

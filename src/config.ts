@@ -18,10 +18,10 @@ const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'
 export type FailMode = 'open' | 'closed'
 /**
  * embedded: counters in the process, history in PGlite in a data folder (nothing but Node needed).
- * redis: counters in one Redis, history in Postgres. (cluster, with REDIS_CLUSTER_NODES, is named
- * by the contract but not available in this version: loadConfig refuses it.)
+ * redis: counters in one Redis, history in Postgres. cluster: counters in a Redis Cluster
+ * (REDIS_CLUSTER_NODES), history in Postgres.
  */
-export type DeploymentMode = 'embedded' | 'redis'
+export type DeploymentMode = 'embedded' | 'redis' | 'cluster'
 export type LogLevel = (typeof LOG_LEVELS)[number]
 
 /** A whole number with its default and bounds: most variables are one. */
@@ -79,6 +79,11 @@ export const EnvSchema = Type.Object({
   REDIS_COMMAND_TIMEOUT_MS: Int(250, 1, 60_000, 'the longest a decision waits for Redis'),
   FLUSH_INTERVAL_MS: Int(1000, 10, 3_600_000, 'Redis -> Postgres flush period'),
   IDEMPOTENCY_KEYS_PER_USER: Int(10_000, 1, 1_000_000, 'most idempotency keys one user holds at once (24 h each)'),
+  // No default: unset keeps all history.
+  HISTORY_RETENTION_MONTHS: Type.Optional(Type.Integer({
+    minimum: 1, maximum: 1200,
+    description: 'drop daily_usage months older than this many months (the current one never); unset keeps everything',
+  })),
   DEFAULT_TIER: Type.String({
     default: 'free', pattern: '^[A-Za-z0-9_-]{1,64}$', description: 'tier of a user first seen',
     expected: 'a tier name (letters, digits, _ or -)',
@@ -123,10 +128,12 @@ export interface Config {
   host: string
   /** Set exactly in mode redis. */
   redisUrl?: string
+  /** Set exactly in mode cluster: the seed nodes. */
+  redisClusterNodes?: { host: string; port: number }[]
   /** Prefix of every Redis key; lets several deployments (or test runs) share one Redis. */
   redisKeyPrefix: string
   redisAllowNoPersistence: boolean
-  /** Set exactly in mode redis. */
+  /** Set exactly in modes redis and cluster. */
   databaseUrl?: string
   /** Embedded mode only: the data folder, absolute (QUOTA_DATA_DIR, else ./data of the working directory). */
   dataDir?: string
@@ -141,6 +148,8 @@ export interface Config {
   redisCommandTimeoutMs: number
   flushIntervalMs: number
   idempotencyKeysPerUser: number
+  /** HISTORY_RETENTION_MONTHS, when set: daily_usage partitions older than this many months are dropped. */
+  historyRetentionMonths?: number
   defaultTier: string
   demoRoutes: boolean
   logLevel: LogLevel
@@ -307,16 +316,25 @@ function modeOf(vars: EnvValues, production: boolean): DeploymentMode {
       if (vars[name] !== undefined) throw new ConfigError(name, `is for embedded mode only; unset it with ${redisVar}`)
     }
   }
-  if (vars.REDIS_CLUSTER_NODES !== undefined) {
-    throw new ConfigError('REDIS_CLUSTER_NODES', 'cluster mode is not available in this version; ' +
-      'use REDIS_URL (one Redis) with DATABASE_URL, or embedded mode')
-  }
+  if (vars.REDIS_CLUSTER_NODES !== undefined) return 'cluster'
   if (redisVar !== undefined) return 'redis'
   if (production && vars.QUOTA_DATA_DIR === undefined) {
     throw new ConfigError('QUOTA_DATA_DIR', 'with NODE_ENV=production, set REDIS_URL and DATABASE_URL, ' +
       'or set QUOTA_DATA_DIR to run embedded mode (one process, counters in memory) deliberately')
   }
   return 'embedded'
+}
+
+/** REDIS_CLUSTER_NODES' `host:port` items (the schema checked their shape) with ports in range. */
+function clusterNodesOf(items: readonly string[]): { host: string; port: number }[] {
+  return items.map((item) => {
+    const colon = item.lastIndexOf(':')
+    const port = Number(item.slice(colon + 1))
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+      throw new ConfigError('REDIS_CLUSTER_NODES', `"${item}" has no port from 1 to 65535`)
+    }
+    return { host: item.slice(0, colon), port }
+  })
 }
 
 export function loadConfig(env: Env = process.env, options: LoadConfigOptions = {}): Config {
@@ -337,6 +355,10 @@ export function loadConfig(env: Env = process.env, options: LoadConfigOptions = 
       redisUrl: checkUrl('REDIS_URL', vars.REDIS_URL ?? '', ['redis:', 'rediss:']),
       databaseUrl: checkUrl('DATABASE_URL', vars.DATABASE_URL ?? '', ['postgres:', 'postgresql:']),
     }),
+    ...(mode === 'cluster' && {
+      redisClusterNodes: clusterNodesOf(vars.REDIS_CLUSTER_NODES ?? []),
+      databaseUrl: checkUrl('DATABASE_URL', vars.DATABASE_URL ?? '', ['postgres:', 'postgresql:']),
+    }),
     ...(mode === 'embedded' && {
       dataDir: resolve(cwd, vars.QUOTA_DATA_DIR ?? DEFAULT_DATA_DIR),
       ...(vars.EMBEDDED_PG_PORT !== undefined && { embeddedPgPort: vars.EMBEDDED_PG_PORT }),
@@ -354,6 +376,7 @@ export function loadConfig(env: Env = process.env, options: LoadConfigOptions = 
     redisCommandTimeoutMs: vars.REDIS_COMMAND_TIMEOUT_MS,
     flushIntervalMs: vars.FLUSH_INTERVAL_MS,
     idempotencyKeysPerUser: vars.IDEMPOTENCY_KEYS_PER_USER,
+    ...(vars.HISTORY_RETENTION_MONTHS !== undefined && { historyRetentionMonths: vars.HISTORY_RETENTION_MONTHS }),
     defaultTier: vars.DEFAULT_TIER,
     demoRoutes: vars.DEMO_ROUTES,
     logLevel: vars.LOG_LEVEL,

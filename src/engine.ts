@@ -5,7 +5,7 @@
  * stopped in one place. The Fastify plugin, buildApp, the tests' helpers and the benchmarks all
  * use it; a caller passes options, never re-wires the graph. docs/architecture.md draws it.
  */
-import type { Redis } from './counters/redis/client.ts'
+import type { RedisClient } from './counters/redis/client.ts'
 import type { Logger } from 'pino'
 import { systemClock } from './clock.ts'
 import type { Clock } from './clock.ts'
@@ -22,6 +22,7 @@ import { LimitsCache } from './limits/limits-cache.ts'
 import { EventOutbox } from './persistence/event-outbox.ts'
 import { Flusher } from './persistence/flusher.ts'
 import { LeaderLock } from './persistence/leader.ts'
+import { PartitionKeeper } from './persistence/partition-keeper.ts'
 import { Scheduler } from './persistence/scheduler.ts'
 import { WebhookDelivery } from './persistence/webhooks.ts'
 import type { WebhookOptions } from './persistence/webhooks.ts'
@@ -37,16 +38,18 @@ export type EngineLogger = Pick<Logger, 'info' | 'warn' | 'error' | 'debug'>
 
 export interface QuotaEngineOptions {
   /**
-   * Where the counters live. `redis` (the default): in Redis, through `redis`. `embedded`: in this
+   * Where the counters live. `redis` (the default) and `cluster`: in Redis (one, or a Redis
+   * Cluster), through `redis`. `embedded`: in this
    * process (MemoryCounterStore), which must then be the only one on its database — embedded
    * mode's data-folder lock makes it so — so it runs the midnight job without a leader election.
    */
-  mode?: 'redis' | 'embedded'
+  mode?: 'redis' | 'cluster' | 'embedded'
   /**
-   * ioredis client for decisions (createRedisClient: bounded timeouts, no offline queue). Not
-   * closed by the engine. Required in mode `redis`, unused in mode `embedded`.
+   * ioredis client for decisions (createRedisClient, or createClusterClient in mode `cluster`:
+   * bounded timeouts, no offline queue). Not closed by the engine. Required in modes `redis` and
+   * `cluster`, unused in mode `embedded`.
    */
-  redis?: Redis
+  redis?: RedisClient
   /**
    * A pg Pool (not ended by the engine), or a connection string (a pool is created and ended with
    * it). Embedded mode passes the pool over its PGlite (db/pglite-pool.ts).
@@ -73,6 +76,11 @@ export interface QuotaEngineOptions {
   flush?: boolean
   /** Take part in the leader election that runs the midnight job. @default true */
   scheduler?: boolean
+  /**
+   * HISTORY_RETENTION_MONTHS: the leader drops daily_usage partitions older than this many months
+   * (persistence/partition-keeper.ts). @default undefined (history is kept)
+   */
+  historyRetentionMonths?: number
   /** Check Redis' eviction and persistence settings at start and warn. @default true */
   checkRedisSettings?: boolean
   /** Answer repeated denials from memory for this long, ms (0 = off). @default 1000 */
@@ -108,6 +116,8 @@ export interface QuotaEngine<S extends CounterStore = CounterStore> {
   /** Undefined when `scheduler: false`, and in mode embedded (the one process is the leader). */
   readonly leader: LeaderLock | undefined
   readonly scheduler: Scheduler | undefined
+  /** daily_usage's monthly partitions, made ahead (and dropped past retention) by the leader; with the scheduler. */
+  readonly partitions: PartitionKeeper | undefined
   readonly clock: Clock
   readonly pool: Pool
   /** Stops the jobs, makes the final flush (bounded), closes what the engine opened. Idempotent. */
@@ -131,7 +141,7 @@ function connectionString(database: Pool | string, databaseUrl: string | undefin
  * empty at start, that loads each user-day from daily_usage the first time it is touched — the
  * same seed path the Redis store takes after a loss — so a restart keeps today's counts.
  */
-export async function createQuotaEngine(options: QuotaEngineOptions & { mode?: 'redis' }): Promise<QuotaEngine<RedisCounterStore>>
+export async function createQuotaEngine(options: QuotaEngineOptions & { mode?: 'redis' | 'cluster' }): Promise<QuotaEngine<RedisCounterStore>>
 export async function createQuotaEngine(options: QuotaEngineOptions & { mode: 'embedded' }): Promise<QuotaEngine<MemoryCounterStore>>
 export async function createQuotaEngine(options: QuotaEngineOptions): Promise<QuotaEngine>
 export async function createQuotaEngine(options: QuotaEngineOptions): Promise<QuotaEngine> {
@@ -172,6 +182,9 @@ export async function createQuotaEngine(options: QuotaEngineOptions): Promise<Qu
   const scheduler = options.scheduler === false
     ? undefined
     : new Scheduler({ pool, flusher, clock, isLeader: () => (leader ? leader.isLeader : true), logger })
+  const partitions = scheduler && new PartitionKeeper({
+    pool, clock, isLeader: () => (leader ? leader.isLeader : true), retentionMonths: options.historyRetentionMonths, logger,
+  })
   const usage = new UsageService({
     store, limits, clock, logger, failMode: options.failMode ?? 'closed', denyCacheMs: options.denyCacheMs,
     telemetry,
@@ -185,6 +198,7 @@ export async function createQuotaEngine(options: QuotaEngineOptions): Promise<Qu
   const close = (): Promise<void> => {
     closing ??= (async () => {
       await scheduler?.stop()
+      await partitions?.stop()
       await leader?.stop()
       // The last flush: everything admitted reaches daily_usage before the process exits. Bounded,
       // so a hung Postgres cannot keep the process past its shutdown budget: whatever is not
@@ -206,11 +220,12 @@ export async function createQuotaEngine(options: QuotaEngineOptions): Promise<Qu
     webhooks?.start()
     await leader?.start()
     scheduler?.start()
+    partitions?.start()
   } catch (err) {
     await close().catch(() => {})
     throw err
   }
-  return { usage, admin, store, limits, flusher, events, webhooks, leader, scheduler, clock, pool, close }
+  return { usage, admin, store, limits, flusher, events, webhooks, leader, scheduler, partitions, clock, pool, close }
 }
 
 async function finalFlush(flusher: Flusher, logger: EngineLogger | undefined): Promise<void> {

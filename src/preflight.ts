@@ -7,7 +7,7 @@
  */
 import type { Logger } from 'pino'
 import type { Config } from './config.ts'
-import { createRedisClient, connectRedis, redactUrl } from './counters/redis/client.ts'
+import { createClusterClient, createRedisClient, connectRedis, redactUrl } from './counters/redis/client.ts'
 import { readRedisSettings, restartLoses } from './counters/redis/settings-check.ts'
 import { createPool, ensureDatabase } from './db/client.ts'
 import type { Pool } from './db/client.ts'
@@ -135,10 +135,12 @@ export async function prepareEmbedded(config: Config, log: Logger): Promise<Embe
  * problem to print, or undefined when Redis is fit.
  */
 export async function checkRedis(config: Config): Promise<string | undefined> {
-  const redisUrl = config.redisUrl
+  const nodes = config.redisClusterNodes
+  const redisUrl = config.redisUrl ?? nodes?.map((n) => `${n.host}:${n.port}`).join(',')
   if (redisUrl === undefined) return 'quota: REDIS_URL is not set (mode redis needs it)'
   // A throwaway connection: the app opens its own. Failing here gives the operator a clear line.
-  const probe = createRedisClient({ url: redisUrl, commandTimeoutMs: 2000, connectionName: 'quota-preflight' })
+  const options = { commandTimeoutMs: 2000, connectionName: 'quota-preflight' }
+  const probe = nodes !== undefined ? createClusterClient({ nodes, ...options }) : createRedisClient({ url: redisUrl, ...options })
   // ioredis' connect() only says "Connection is closed"; the socket error says why (ECONNREFUSED...).
   let socketError: Error | undefined
   probe.on('error', (err: Error) => {

@@ -22,6 +22,8 @@ export interface RedisServerOptions {
   appendfsync?: 'always' | 'everysec' | 'no'
   /** How long to wait for PING to answer. @default 10000 */
   startTimeoutMs?: number
+  /** More redis-server arguments (a cluster node's: redis-cluster.ts). */
+  extraArgs?: readonly string[]
 }
 
 export interface RedisServer {
@@ -78,6 +80,7 @@ export async function startRedisServer(t?: Teardownable, opts: RedisServerOption
     '--appendfsync', opts.appendfsync ?? 'everysec',
     '--dir', dir,
     '--daemonize', 'no',
+    ...(opts.extraArgs ?? []),
   ]
   let child: ChildProcess | undefined
   let exited: Promise<void> = Promise.resolve()

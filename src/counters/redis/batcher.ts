@@ -6,8 +6,9 @@
  * only for the turn it was made in to finish. What goes into a call and how its reply splits into
  * answers is the codec's business (decide-protocol.ts); this module only moves them.
  */
-import type { Redis } from 'ioredis'
 import { CounterUnavailableError } from '../errors.ts'
+import { execBatch } from './client.ts'
+import type { RedisClient } from './client.ts'
 import { classify, isNoScript } from './errors.ts'
 import type { LuaScript, ScriptArgument } from './lua-script.ts'
 
@@ -56,7 +57,7 @@ export class ScriptBatcher<Item, Answer> {
   #byBucket = new Map<number, Queued<Item, Answer>[]>()
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly codec: BatchCodec<Item, Answer>,
     private readonly maxPerCall = MAX_ITEMS_PER_CALL,
     private readonly hooks: BatchHooks = {},
@@ -114,9 +115,9 @@ export class ScriptBatcher<Item, Answer> {
           (err: Error): [Error, null] => [err, null],
         )]
       } else {
-        const pipeline = this.redis.pipeline()
-        for (const call of calls) script.queue(pipeline, call.numKeys, call.keysThenArgs)
-        replies = ((await pipeline.exec()) ?? []) as [Error | null, unknown][]
+        replies = await execBatch(this.redis, (pipeline) => {
+          for (const call of calls) script.queue(pipeline, call.numKeys, call.keysThenArgs)
+        })
       }
     } catch (err) {
       if (isCommandTimeout(err)) hooks.commandTimeout?.()

@@ -9,10 +9,118 @@
  * later; the scripts refuse to apply a decision past its deadline (see ServerClock), so a 503'd
  * request is never counted afterwards.
  */
-import { Redis } from 'ioredis'
+import { Cluster, Redis } from 'ioredis'
+import type { ChainableCommander } from 'ioredis'
 
-/** The client type, for the composition roots (nothing outside counters/redis imports ioredis). */
-export type { Redis }
+/** The client types, for the composition roots (nothing outside counters/redis imports ioredis). */
+export type { Cluster, Redis }
+
+/**
+ * What the store talks to: one Redis, or a Redis Cluster. Every call the store makes works on
+ * both (each script call's keys share one hash tag, so one slot); execBatch and loadScript
+ * below are the two places that must tell them apart.
+ */
+export type RedisClient = Redis | Cluster
+
+export function isCluster(client: RedisClient): client is Cluster {
+  return client instanceof Cluster
+}
+
+/**
+ * Runs the commands `build` queues and gives their replies in order, as pipeline.exec() does.
+ * On one Redis they go as one pipeline. A cluster pipeline must stay on one node, so on a
+ * cluster each command is sent on its own, and the client's auto-pipelining (createClusterClient)
+ * writes the commands of one event-loop tick as one pipeline per node.
+ */
+export async function execBatch(client: RedisClient, build: (pipeline: ChainableCommander) => void): Promise<[Error | null, unknown][]> {
+  if (!isCluster(client)) {
+    const pipeline = client.pipeline()
+    build(pipeline)
+    return ((await pipeline.exec()) ?? []) as [Error | null, unknown][]
+  }
+  const sent: Promise<[Error | null, unknown]>[] = []
+  // Records each queued command as its own call on the cluster client.
+  const recorder: ChainableCommander = new Proxy({} as ChainableCommander, {
+    get(_target, name) {
+      return (...args: unknown[]) => {
+        const command = (client as unknown as Record<string | symbol, (...a: unknown[]) => Promise<unknown>>)[name]
+        if (typeof command !== 'function') throw new TypeError(`no command ${String(name)}`)
+        sent.push(command.apply(client, args).then((reply): [null, unknown] => [null, reply], (err: Error): [Error, null] => [err, null]))
+        return recorder
+      }
+    },
+  })
+  build(recorder)
+  return Promise.all(sent)
+}
+
+/**
+ * Loads a script into Redis' script cache. A cluster's nodes each keep their own cache, and a
+ * replica promoted by a failover may not have it: on a cluster every master loads it.
+ */
+export async function loadScript(client: RedisClient, source: string): Promise<void> {
+  if (!isCluster(client)) {
+    await client.script('LOAD', source)
+    return
+  }
+  await Promise.all(client.nodes('master').map((node) => node.script('LOAD', source)))
+}
+
+/** Seed nodes of a cluster, `host:port` each (REDIS_CLUSTER_NODES). */
+export interface ClusterNode {
+  host: string
+  port: number
+}
+
+export interface ClusterClientOptions extends Omit<RedisClientOptions, 'url' | 'autoPipelining'> {
+  nodes: readonly ClusterNode[]
+}
+
+/**
+ * A Redis Cluster client with the decision connection's guarantees (see the top of this file) on
+ * every node connection, and:
+ * - MOVED, ASK, TRYAGAIN and CLUSTERDOWN answers are followed: Redis refused those commands, so
+ *   sending them again cannot apply anything twice;
+ * - `retryDelayOnFailover: 0`: a command whose connection closed before its answer is failed, never
+ *   sent again (it may have run: the fail mode applies, and the script's deadline stops a late run);
+ * - auto-pipelining: the commands of one event-loop tick go as one pipeline per node, so a turn's
+ *   decisions cost one write per master holding any of them.
+ */
+export function createClusterClient(options: ClusterClientOptions): Cluster {
+  const cluster = new Cluster(options.nodes.map((n) => ({ host: n.host, port: n.port })), {
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    enableAutoPipelining: true,
+    retryDelayOnFailover: 0,
+    retryDelayOnClusterDown: 100,
+    retryDelayOnTryAgain: 50,
+    retryDelayOnMoved: 0,
+    maxRedirections: 16,
+    // A failover or a reshard shows up as MOVED answers, which refresh the map at once; this
+    // catches what no command hit.
+    slotsRefreshInterval: 5000,
+    slotsRefreshTimeout: Math.max(1000, options.commandTimeoutMs * 4),
+    clusterRetryStrategy: (times) => Math.min(100 * times, 2000),
+    redisOptions: {
+      commandTimeout: options.commandTimeoutMs,
+      autoResendUnfulfilledCommands: false,
+      maxRetriesPerRequest: 0,
+      connectTimeout: Math.max(1000, options.commandTimeoutMs * 4),
+      connectionName: options.connectionName ?? 'quota',
+    },
+  })
+  const where = options.nodes.map((n) => `${n.host}:${n.port}`).join(',')
+  let down = false
+  cluster.on('error', (err: Error) => {
+    if (!down) options.logger?.warn({ err: err.message, nodes: where }, 'redis cluster connection error')
+    down = true
+  })
+  cluster.on('ready', () => {
+    if (down) options.logger?.info({ nodes: where }, 'redis cluster connection restored')
+    down = false
+  })
+  return cluster
+}
 import type { Logger } from 'pino'
 import { redactUrl } from '../../config.ts'
 
@@ -60,7 +168,7 @@ export function createRedisClient(options: RedisClientOptions): Redis {
 }
 
 /** Connects a lazy client, failing within `timeoutMs` with a message naming the address. */
-export async function connectRedis(redis: Redis, url: string, timeoutMs = 5000): Promise<void> {
+export async function connectRedis(redis: RedisClient, url: string, timeoutMs = 5000): Promise<void> {
   if (redis.status === 'ready') return
   let timer: NodeJS.Timeout | undefined
   try {
@@ -85,7 +193,7 @@ export class ServerClock {
   #offsetMs = 0
   #timer: NodeJS.Timeout | undefined
 
-  constructor(private readonly redis: Redis) {}
+  constructor(private readonly redis: RedisClient) {}
 
   get offsetMs(): number {
     return this.#offsetMs

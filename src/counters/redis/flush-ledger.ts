@@ -5,7 +5,9 @@
  * upgrade runs (legacy-v1.ts), and the outboxes of idempotent answers and threshold crossings. Everything here runs on the
  * flusher's connection, never on the decision path; RedisCounterStore delegates to it.
  */
-import type { ChainableCommander, Redis } from 'ioredis'
+import type { ChainableCommander } from 'ioredis'
+import { execBatch } from './client.ts'
+import type { RedisClient } from './client.ts'
 import { mapLimited } from '../../limited.ts'
 import { METRIC_NAMES } from '../../metrics.ts'
 import type { DirtyUserDay, MetricCounts, PendingKey, ThresholdCrossing, WrittenUserDay } from '../store.ts'
@@ -36,7 +38,7 @@ export class FlushLedger {
   /** `bulk`: the flusher's connection as it is now (the store may open its own at start). */
   constructor(
     private readonly keys: KeySpace,
-    private readonly bulk: () => Redis,
+    private readonly bulk: () => RedisClient,
   ) {}
 
   /** Remembers a day decided on (cheap when it is the latest already). */
@@ -80,13 +82,13 @@ export class FlushLedger {
     if (members.length === 0) return []
     let replies: [Error | null, unknown][]
     try {
-      const reads = this.bulk().pipeline()
-      for (const m of members) {
-        const name = this.keys.idempotency(m.userId, m.key, m.bucket)
-        reads.get(name)
-        reads.pttl(name)
-      }
-      replies = (await reads.exec()) ?? []
+      replies = await execBatch(this.bulk(), (reads) => {
+        for (const m of members) {
+          const name = this.keys.idempotency(m.userId, m.key, m.bucket)
+          reads.get(name)
+          reads.pttl(name)
+        }
+      })
     } catch (err) {
       throw classify(err)
     }
@@ -243,9 +245,9 @@ export class FlushLedger {
     if (hashes.length === 0) return counts
     let dirty: [Error | null, unknown][]
     try {
-      const reads = this.bulk().pipeline()
-      for (const h of hashes) reads.hget(h.key, '#')
-      dirty = (await reads.exec()) ?? []
+      dirty = await execBatch(this.bulk(), (reads) => {
+        for (const h of hashes) reads.hget(h.key, '#')
+      })
     } catch (err) {
       throw classify(err)
     }
@@ -285,9 +287,9 @@ export class FlushLedger {
 
   async #perBucket(command: (pipeline: ChainableCommander, bucket: number) => void): Promise<unknown[]> {
     try {
-      const pipeline = this.bulk().pipeline()
-      for (let b = 0; b < BUCKETS; b++) command(pipeline, b)
-      const replies = (await pipeline.exec()) ?? []
+      const replies = await execBatch(this.bulk(), (pipeline) => {
+        for (let b = 0; b < BUCKETS; b++) command(pipeline, b)
+      })
       return replies.map(([err, reply]) => {
         if (err) throw err
         return reply

@@ -7,7 +7,9 @@
  */
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import type { ChainableCommander, Redis } from 'ioredis'
+import type { ChainableCommander } from 'ioredis'
+import { loadScript } from './client.ts'
+import type { RedisClient } from './client.ts'
 import { classify, isNoScript } from './errors.ts'
 
 export type ScriptArgument = string | number
@@ -28,7 +30,7 @@ export class LuaScript {
   }
 
   /** One call; Redis failures come back classified (CounterUnavailableError when transient). */
-  async run(redis: Redis, keys: readonly string[], args: readonly ScriptArgument[]): Promise<unknown> {
+  async run(redis: RedisClient, keys: readonly string[], args: readonly ScriptArgument[]): Promise<unknown> {
     try {
       return await redis.evalsha(this.sha, keys.length, ...keys, ...args)
     } catch (err) {
@@ -47,7 +49,8 @@ export class LuaScript {
     pipeline.evalsha(this.sha, numKeys, ...keysThenArgs)
   }
 
-  async load(redis: Redis): Promise<void> {
-    await redis.script('LOAD', this.source)
+  /** Loads the script (on a cluster, into every master: see loadScript). */
+  async load(redis: RedisClient): Promise<void> {
+    await loadScript(redis, this.source)
   }
 }

@@ -10,7 +10,6 @@
  * `commandTimeoutMs`, every decision carries a deadline in Redis-server time (ServerClock) past
  * which decide.lua applies nothing.
  */
-import type { Redis } from 'ioredis'
 import { previousDay, startOfUtcDay } from '../../clock.ts'
 import { MAX_TOTAL_MICRO } from '../../metrics.ts'
 import type { MetricName } from '../../metrics.ts'
@@ -22,7 +21,8 @@ import type {
 } from '../store.ts'
 import { MAX_ITEMS_PER_CALL, ScriptBatcher } from './batcher.ts'
 import type { BatchCodec } from './batcher.ts'
-import { ServerClock } from './client.ts'
+import { ServerClock, isCluster } from './client.ts'
+import type { RedisClient } from './client.ts'
 import { dayKeyTtlSeconds, decodeReply, encodeCall, encodeDecision } from './decide-protocol.ts'
 import type { EncodedDecision, ScriptAnswer } from './decide-protocol.ts'
 import { KeySpace, POSITION, gaugePeriod, gaugeTtlSeconds, markMember, slotOf } from './keys.ts'
@@ -117,10 +117,10 @@ export class RedisCounterStore implements CounterStore {
   readonly #telemetry: StoreTelemetry | undefined
   readonly #ledger: FlushLedger
   /** The flusher's connection: the decision one until start() opens its own. */
-  #bulk: Redis
+  #bulk: RedisClient
 
   constructor(
-    readonly redis: Redis,
+    readonly redis: RedisClient,
     options: RedisCounterStoreOptions = {},
   ) {
     this.keys = new KeySpace(options.prefix ?? 'quota:')
@@ -161,7 +161,11 @@ export class RedisCounterStore implements CounterStore {
     await this.#serverClock?.sync().catch(() => {})
     this.#serverClock?.start()
     if (this.#bulkCommandTimeoutMs !== undefined && this.#bulk === this.redis) {
-      const bulk = this.redis.duplicate({ commandTimeout: this.#bulkCommandTimeoutMs, connectionName: 'quota-flusher' })
+      const options = { commandTimeout: this.#bulkCommandTimeoutMs, connectionName: 'quota-flusher' }
+      const redis = this.redis
+      const bulk: RedisClient = isCluster(redis)
+        ? redis.duplicate(undefined, { redisOptions: { ...redis.options.redisOptions, ...options } })
+        : redis.duplicate(options)
       bulk.on('error', () => {}) // the decision client already logs connection trouble
       this.#bulk = bulk
       if (bulk.status === 'wait') await bulk.connect().catch(() => {}) // retries by itself

@@ -3,7 +3,8 @@
  * eviction policy may drop a counter (a fresh quota), and no persistence widens what a restart
  * loses to the last flush interval. Managed Redis often refuses CONFIG GET; then we say so.
  */
-import type { Redis } from 'ioredis'
+import { isCluster } from './client.ts'
+import type { RedisClient } from './client.ts'
 import type { Logger } from 'pino'
 
 export interface RedisSettings {
@@ -24,7 +25,9 @@ export function restartLoses(settings: RedisSettings): 'none' | 'snapshot' | 'ev
   return settings.save.trim() === '' ? 'everything' : 'snapshot'
 }
 
-export async function readRedisSettings(redis: Redis): Promise<RedisSettings> {
+/** On a cluster, the settings of its first master (every node should be configured alike). */
+export async function readRedisSettings(client: RedisClient): Promise<RedisSettings> {
+  const redis = isCluster(client) ? (client.nodes('master')[0] ?? client) : client
   const get = async (name: string): Promise<string | null> => {
     try {
       const reply = (await redis.config('GET', name)) as unknown
@@ -39,7 +42,7 @@ export async function readRedisSettings(redis: Redis): Promise<RedisSettings> {
   return { maxmemoryPolicy: await get('maxmemory-policy'), appendonly: await get('appendonly'), save: await get('save') }
 }
 
-export async function warnAboutRedisDurability(redis: Redis, logger?: Pick<Logger, 'warn'>): Promise<RedisSettings> {
+export async function warnAboutRedisDurability(redis: RedisClient, logger?: Pick<Logger, 'warn'>): Promise<RedisSettings> {
   const settings = await readRedisSettings(redis)
   if (settings.maxmemoryPolicy === null) {
     logger?.warn('cannot read Redis maxmemory-policy (CONFIG GET refused): make sure it is noeviction')

@@ -10,7 +10,7 @@ import { errorBody } from '../errors.ts'
 
 export interface HealthRoutesOptions {
   /** The deployment mode, named by /ready. @default 'redis' */
-  mode?: 'redis' | 'embedded'
+  mode?: 'redis' | 'cluster' | 'embedded'
   /** Probes the counter store's own connection (rejects when it cannot decide now). */
   pingCounters: () => Promise<unknown>
   pool: Pool
