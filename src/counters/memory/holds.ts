@@ -48,10 +48,9 @@ export class DayHolds {
     if (expiresAt < this.#due) this.#due = expiresAt
   }
 
-  /** Releases an open hold and keeps the answer its settlement gave. */
-  settle(hold: Hold, action: 'commit' | 'cancel', answer: DecisionAnswer): void {
+  /** Releases an open hold (the caller then records how it was settled). */
+  release(hold: Hold): void {
     this.held[hold.index as 0 | 1 | 2] -= hold.amount
-    hold.settled = { action, answer }
   }
 
   /** Whether any hold is open (after `expire`). */
@@ -97,10 +96,12 @@ export function settleHold(
   if (action === 'commit') apply(day, current)
   const answer: DecisionAnswer = { outcome: 'allowed', replayed: false, deniedIndex: -1, context, current, limits: [metric.limit], held: hold.amount }
   if (action === 'commit') answer.committed = metric.amount
-  holds.settle(hold, action, answer)
+  holds.release(hold)
   const reserved = reservedOf(day, req.metrics)
   if (reserved !== undefined) answer.reserved = reserved
   // A repeat answers as this one did: the values, and what stayed held then.
-  ;(hold.settled as NonNullable<typeof hold.settled>).answer = { ...answer, current: current.slice(), limits: [metric.limit], reserved: reserved?.slice() }
+  const kept: DecisionAnswer = { ...answer, current: current.slice(), limits: [metric.limit] }
+  if (reserved !== undefined) kept.reserved = reserved.slice()
+  hold.settled = { action, answer: kept }
   return answer
 }
