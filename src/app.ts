@@ -184,6 +184,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     database: pool,
     databaseUrl: config.databaseUrl,
     prefix: config.redisKeyPrefix,
+    buckets: config.redisBuckets,
     defaultTier: config.defaultTier,
     failMode: config.usageFailMode,
     commandTimeoutMs: config.redisCommandTimeoutMs,

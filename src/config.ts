@@ -43,6 +43,7 @@ export const EnvSchema = Type.Object({
     minItems: 1, description: 'comma-separated host:port seed nodes of a Redis Cluster: mode cluster, with DATABASE_URL',
     expected: 'a comma-separated list of host:port',
   })),
+  REDIS_BUCKETS: Int(64, 1, 16_384, 'buckets (hash tags, so Redis Cluster slots) users are spread over; change only as docs/scaling.md says'),
   REDIS_KEY_PREFIX: Type.String({
     default: 'quota:', pattern: '^[^{}\\s]*$', description: 'prefix of every Redis key',
     expected: 'free of braces and spaces (they would break hash tags)',
@@ -132,6 +133,8 @@ export interface Config {
   redisClusterNodes?: { host: string; port: number }[]
   /** Prefix of every Redis key; lets several deployments (or test runs) share one Redis. */
   redisKeyPrefix: string
+  /** Buckets users are spread over (REDIS_BUCKETS): one hash tag, so one cluster slot, each. */
+  redisBuckets: number
   redisAllowNoPersistence: boolean
   /** Set exactly in modes redis and cluster. */
   databaseUrl?: string
@@ -365,6 +368,7 @@ export function loadConfig(env: Env = process.env, options: LoadConfigOptions = 
     }),
     ...(webhook !== undefined && { webhook }),
     redisKeyPrefix: vars.REDIS_KEY_PREFIX,
+    redisBuckets: vars.REDIS_BUCKETS,
     redisAllowNoPersistence: vars.REDIS_ALLOW_NO_PERSISTENCE,
     http: {
       requestTimeoutMs: vars.HTTP_REQUEST_TIMEOUT_MS,

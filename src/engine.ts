@@ -60,6 +60,8 @@ export interface QuotaEngineOptions {
    * connectionString. Not needed with an embedded pool: it listens in-process.
    */
   databaseUrl?: string
+  /** Buckets (hash tags, so cluster slots) users are spread over: REDIS_BUCKETS. @default 64 */
+  buckets?: number
   /** Prefix of every Redis key. @default 'quota:' */
   prefix?: string
   /** Tier of users first seen. @default 'free' */
@@ -165,6 +167,7 @@ export async function createQuotaEngine(options: QuotaEngineOptions): Promise<Qu
     ? new MemoryCounterStore({ loader, keyLoader, idempotencyKeysPerUser: options.idempotencyKeysPerUser, clock })
     : new RedisCounterStore(redis, {
         prefix: options.prefix ?? 'quota:',
+        ...(options.buckets !== undefined && { buckets: options.buckets }),
         loader,
         keyLoader,
         commandTimeoutMs: options.commandTimeoutMs ?? 250,

@@ -7,7 +7,7 @@
 import { previousDay, startOfUtcDay } from '../../clock.ts'
 import { decodeContext, encodeContext } from '../answer-context.ts'
 import type { AnswerContext, DecisionRequest } from '../store.ts'
-import { POSITION, gaugePeriod, gaugeTtlSeconds, markMember, slotOf } from './keys.ts'
+import { POSITION, gaugePeriod, gaugeTtlSeconds, markMember } from './keys.ts'
 import type { KeySpace } from './keys.ts'
 import type { ScriptArgument } from './lua-script.ts'
 
@@ -111,7 +111,7 @@ export function encodeDecision(
   keyChecked = false,
 ): EncodedDecision {
   const { userId, day, now, idempotency } = request
-  const slot = slotOf(userId)
+  const slot = keySpace.slotOf(userId)
   const bucket = slot.bucket
   const facts = factsOf(day)
   const period = facts.period

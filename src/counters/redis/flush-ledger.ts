@@ -13,7 +13,7 @@ import { METRIC_NAMES } from '../../metrics.ts'
 import type { DirtyUserDay, MetricCounts, PendingKey, ThresholdCrossing, WrittenUserDay } from '../store.ts'
 import { crossingOf } from '../thresholds.ts'
 import { classify } from './errors.ts'
-import { BUCKETS, SHARDS, markMember, outboxMember, parseMarkMember, parseOutboxMember, slotOf } from './keys.ts'
+import { SHARDS, markMember, outboxMember, parseMarkMember, parseOutboxMember } from './keys.ts'
 import type { KeySpace } from './keys.ts'
 import { legacyV1 } from './legacy-v1.ts'
 import { SCRIPTS } from './scripts.ts'
@@ -58,7 +58,7 @@ export class FlushLedger {
   async repairMarks(days: readonly string[] = this.#recentDays, now = Date.now()): Promise<number> {
     this.#lastRepair = Date.now()
     if (days.length === 0) return 0
-    const buckets = Array.from({ length: BUCKETS }, (_, b) => b)
+    const buckets = Array.from({ length: this.keys.buckets }, (_, b) => b)
     const restored = await mapLimited(buckets, FLUSH_SCRIPTS_IN_FLIGHT, async (bucket) => {
       const keys = [this.keys.marks(bucket)]
       const args: (string | number)[] = [now]
@@ -124,7 +124,7 @@ export class FlushLedger {
       p.zrange(legacyV1.dirty(this.keys, bucket), '0', String(maxPerBucket - 1), 'WITHSCORES')
     })
     const work: { bucket: number; marks: string[]; legacy: string[] }[] = []
-    for (let bucket = 0; bucket < BUCKETS; bucket++) {
+    for (let bucket = 0; bucket < this.keys.buckets; bucket++) {
       const marks = replies[2 * bucket] as string[]
       const legacy = replies[2 * bucket + 1] as string[]
       if (marks.length > 0 || legacy.length > 0) work.push({ bucket, marks, legacy })
@@ -186,7 +186,7 @@ export class FlushLedger {
         legacy.push(w)
         continue
       }
-      const { shard } = slotOf(w.userId)
+      const { shard } = this.keys.slotOf(w.userId)
       const hash = this.keys.shardDay(bucket, shard, w.day)
       let entry = byHash.get(hash)
       if (!entry) {
@@ -234,9 +234,9 @@ export class FlushLedger {
       p.zrange(this.keys.marks(bucket), '0', '-1')
       p.zcard(legacyV1.dirty(this.keys, bucket))
     })
-    const counts = Array.from({ length: BUCKETS }, (_, bucket) => Number(replies[2 * bucket + 1]))
+    const counts = Array.from({ length: this.keys.buckets }, (_, bucket) => Number(replies[2 * bucket + 1]))
     const hashes: { bucket: number; key: string }[] = []
-    for (let bucket = 0; bucket < BUCKETS; bucket++) {
+    for (let bucket = 0; bucket < this.keys.buckets; bucket++) {
       for (const member of replies[2 * bucket] as string[]) {
         const { day, shard } = parseMarkMember(member)
         hashes.push({ bucket, key: this.keys.shardDay(bucket, shard, day) })
@@ -288,7 +288,7 @@ export class FlushLedger {
   async #perBucket(command: (pipeline: ChainableCommander, bucket: number) => void): Promise<unknown[]> {
     try {
       const replies = await execBatch(this.bulk(), (pipeline) => {
-        for (let b = 0; b < BUCKETS; b++) command(pipeline, b)
+        for (let b = 0; b < this.keys.buckets; b++) command(pipeline, b)
       })
       return replies.map(([err, reply]) => {
         if (err) throw err

@@ -80,13 +80,29 @@ export interface UserSlot {
   readonly shard: number
 }
 
-export function slotOf(userId: string): UserSlot {
+/** Where a user's keys live with `buckets` buckets (REDIS_BUCKETS; the layout's default 64). */
+export function slotOf(userId: string, buckets: number = BUCKETS): UserSlot {
   const hash = userHash(userId)
-  return { bucket: hash % BUCKETS, shard: Math.floor(hash / BUCKETS) % SHARDS }
+  return { bucket: hash % buckets, shard: Math.floor(hash / buckets) % SHARDS }
 }
 
+/** Most buckets a key space may have: one per hash slot of a Redis Cluster. */
+export const MAX_BUCKETS = 16_384
+
 export class KeySpace {
-  constructor(readonly prefix: string) {}
+  /**
+   * `buckets`: how many hash tags (so cluster slots) users are spread over. Changing it moves
+   * users between buckets: see docs/scaling.md for the safe way (a flushed stop and a new prefix).
+   */
+  constructor(readonly prefix: string, readonly buckets: number = BUCKETS) {
+    if (!Number.isInteger(buckets) || buckets < 1 || buckets > MAX_BUCKETS) {
+      throw new RangeError(`buckets must be a whole number from 1 to ${MAX_BUCKETS}, got ${buckets}`)
+    }
+  }
+
+  slotOf(userId: string): UserSlot {
+    return slotOf(userId, this.buckets)
+  }
 
   tag(bucket: number): string {
     return `${this.prefix}{${bucket}}`
@@ -98,7 +114,7 @@ export class KeySpace {
   }
 
   /** The hash holding a user's counters of `day`. */
-  userDay(userId: string, day: string, slot: UserSlot = slotOf(userId)): string {
+  userDay(userId: string, day: string, slot: UserSlot = this.slotOf(userId)): string {
     return this.shardDay(slot.bucket, slot.shard, day)
   }
 
@@ -112,7 +128,7 @@ export class KeySpace {
     return `${this.tag(bucket)}:marks`
   }
 
-  idempotency(userId: string, key: string, bucket = slotOf(userId).bucket): string {
+  idempotency(userId: string, key: string, bucket = this.slotOf(userId).bucket): string {
     return `${this.tag(bucket)}:i:${userId}:${key}`
   }
 
@@ -120,7 +136,7 @@ export class KeySpace {
    * The user's live idempotency keys. decide.lua takes a key's member from its idempotency()
    * name by length: "<tag>:i:<user>:" is exactly as long as this name.
    */
-  idempotencyIndex(userId: string, bucket = slotOf(userId).bucket): string {
+  idempotencyIndex(userId: string, bucket = this.slotOf(userId).bucket): string {
     return `${this.tag(bucket)}:ik:${userId}`
   }
 
@@ -130,7 +146,7 @@ export class KeySpace {
   }
 
   /** The user's reservations of `day`. */
-  holds(userId: string, day: string, bucket = slotOf(userId).bucket): string {
+  holds(userId: string, day: string, bucket = this.slotOf(userId).bucket): string {
     return `${this.tag(bucket)}:h:${day}:${userId}`
   }
 

@@ -25,7 +25,7 @@ import { ServerClock, isCluster } from './client.ts'
 import type { RedisClient } from './client.ts'
 import { dayKeyTtlSeconds, decodeReply, encodeCall, encodeDecision } from './decide-protocol.ts'
 import type { EncodedDecision, ScriptAnswer } from './decide-protocol.ts'
-import { KeySpace, POSITION, gaugePeriod, gaugeTtlSeconds, markMember, slotOf } from './keys.ts'
+import { KeySpace, POSITION, gaugePeriod, gaugeTtlSeconds, markMember } from './keys.ts'
 import { legacyV1 } from './legacy-v1.ts'
 import { FlushLedger } from './flush-ledger.ts'
 import { SCRIPTS } from './scripts.ts'
@@ -56,6 +56,8 @@ function checkRequest(req: DecisionRequest): void {
 export interface RedisCounterStoreOptions {
   /** Prefix of every key. @default 'quota:' */
   prefix?: string
+  /** Buckets (hash tags, so cluster slots) users are spread over: REDIS_BUCKETS. @default 64 */
+  buckets?: number
   /** Reads a user-day from Postgres when Redis lost it. Without one, lost state counts from 0. */
   loader?: SeedLoader
   /**
@@ -123,7 +125,7 @@ export class RedisCounterStore implements CounterStore {
     readonly redis: RedisClient,
     options: RedisCounterStoreOptions = {},
   ) {
-    this.keys = new KeySpace(options.prefix ?? 'quota:')
+    this.keys = new KeySpace(options.prefix ?? 'quota:', options.buckets)
     this.#loader = options.loader
     this.#keyLoader = options.keyLoader
     this.#bulk = redis
@@ -241,7 +243,7 @@ export class RedisCounterStore implements CounterStore {
     // Whatever the history holds, the rebuilt state is one a counter can hold (a loader reading
     // Postgres already clamps; this keeps any other loader from seeding a value past the ceiling).
     const { counts } = state
-    const slot = slotOf(userId)
+    const slot = this.keys.slotOf(userId)
     const { bucket } = slot
     const period = gaugePeriod(day)
     await SCRIPTS.seed.run(this.redis, [
@@ -259,14 +261,14 @@ export class RedisCounterStore implements CounterStore {
   async #restoreKey(userId: string, key: string, now: number): Promise<void> {
     const kept = await this.#keyLoader?.(userId, key)
     if (!kept || kept.expiresAt <= now) return
-    const { bucket } = slotOf(userId)
+    const { bucket } = this.keys.slotOf(userId)
     await SCRIPTS.restoreKey.run(this.redis, [this.keys.idempotency(userId, key, bucket), this.keys.idempotencyIndex(userId, bucket)], [
       kept.answer, kept.expiresAt - now, key,
     ])
   }
 
   async reset(userId: string, day: string, now: number, metrics: readonly MetricName[]): Promise<void> {
-    const slot = slotOf(userId)
+    const slot = this.keys.slotOf(userId)
     const { bucket, shard } = slot
     const period = gaugePeriod(day)
     const keys = [
