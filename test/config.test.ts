@@ -83,10 +83,18 @@ t.test('the mode follows from REDIS_URL, REDIS_CLUSTER_NODES and DATABASE_URL (D
   t.equal(refusal(() => loadConfig({ ...env, EMBEDDED_PG_PORT: '0' }, { cwd })), 'EMBEDDED_PG_PORT')
   t.equal(refusal(() => loadConfig({ ...env, REDIS_CLUSTER_NODES: 'no-port' }, { cwd })), 'REDIS_CLUSTER_NODES')
 
-  // Cluster mode is named by the contract, not built yet: refused in one line that says so.
-  const cluster = { ...env, REDIS_CLUSTER_NODES: 'r1:7000,r2:7000', DATABASE_URL: REDIS_MODE.DATABASE_URL }
-  t.equal(refusal(() => loadConfig(cluster, { cwd })), 'REDIS_CLUSTER_NODES')
-  t.match(message(() => loadConfig(cluster, { cwd })), /cluster mode is not available in this version/)
+  // Cluster mode: the seed nodes and Postgres.
+  const cluster = { ...env, REDIS_CLUSTER_NODES: 'r1:7000,10.0.0.2:7001', DATABASE_URL: REDIS_MODE.DATABASE_URL }
+  t.match(loadConfig(cluster, { cwd }), {
+    mode: 'cluster', databaseUrl: REDIS_MODE.DATABASE_URL, redisBuckets: 64,
+    redisClusterNodes: [{ host: 'r1', port: 7000 }, { host: '10.0.0.2', port: 7001 }],
+  })
+  t.equal(loadConfig(cluster, { cwd }).redisUrl, undefined)
+  t.equal(refusal(() => loadConfig({ ...cluster, REDIS_CLUSTER_NODES: 'r1:0' }, { cwd })), 'REDIS_CLUSTER_NODES', 'port 0')
+  t.equal(refusal(() => loadConfig({ ...cluster, REDIS_CLUSTER_NODES: 'r1:70000' }, { cwd })), 'REDIS_CLUSTER_NODES', 'port past 65535')
+  t.equal(loadConfig({ ...cluster, REDIS_BUCKETS: '256' }, { cwd }).redisBuckets, 256)
+  t.equal(refusal(() => loadConfig({ ...cluster, REDIS_BUCKETS: '0' }, { cwd })), 'REDIS_BUCKETS')
+  t.equal(refusal(() => loadConfig({ ...cluster, REDIS_BUCKETS: '16385' }, { cwd })), 'REDIS_BUCKETS')
 
   // Production: embedded mode only when chosen deliberately, with QUOTA_DATA_DIR.
   const production = { NODE_ENV: 'production', JWT_SECRET: SECRET }
