@@ -14,7 +14,14 @@ import { cleanEnv, withoutTapHooks } from '../helpers/net.ts'
 import { REPO_ROOT } from '../helpers/service-process.ts'
 
 const run = promisify(execFile)
-const TAGS = ['0000_init', '0001_utc_tiers_notify', '0002_widen_daily_counts', '0003_admin_audit', '0004_idempotency_records', '0005_usage_events']
+const TAGS = ['0000_init', '0001_utc_tiers_notify', '0002_widen_daily_counts', '0003_admin_audit', '0004_idempotency_records', '0005_usage_events',
+  '0006_partition_daily_usage']
+
+/** `statusLines` when the first `applied` migrations are applied and the rest pending. */
+const stateAfter = (applied: number): string[] => TAGS.map((tag, i) => `${tag}: ${i < applied ? 'applied' : 'pending'}`)
+
+/** daily_usage's monthly partitions and the DEFAULT one: the tables 0006 adds besides the parent. */
+const isPartition = (table: string): boolean => /^daily_usage_(\d{4}_\d{2}|default)$/.test(table)
 
 /** Runs `fn` on a fresh plain connection (no session options): what an operator's psql sees. */
 async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
@@ -197,10 +204,43 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
     await db.pool.query('DELETE FROM users WHERE id = $1', [user])
   })
 
+  t.test('daily_usage is partitioned by month: the current month and the next three, and a DEFAULT', async (t) => {
+    const parent = await db.pool.query(`SELECT c.relkind, pg_get_partkeydef(c.oid) AS key FROM pg_class c WHERE c.oid = 'daily_usage'::regclass`)
+    t.same(parent.rows, [{ relkind: 'p', key: 'RANGE (date)' }])
+    const first = await db.pool.query<{ d: string }>(`SELECT date_trunc('month', now() AT TIME ZONE 'UTC')::date::text AS d`)
+    const month = first.rows[0]?.d ?? ''
+    const { rows } = await db.pool.query<{ name: string; bound: string }>(
+      `SELECT c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bound FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'daily_usage'::regclass ORDER BY 1`)
+    const expected = [0, 1, 2, 3].map((n) => {
+      const d = new Date(`${month}T00:00:00Z`)
+      d.setUTCMonth(d.getUTCMonth() + n)
+      const from = d.toISOString().slice(0, 10)
+      d.setUTCMonth(d.getUTCMonth() + 1)
+      return { name: `daily_usage_${from.slice(0, 7).replace('-', '_')}`, bound: `FOR VALUES FROM ('${from}') TO ('${d.toISOString().slice(0, 10)}')` }
+    })
+    t.same(rows, [...expected, { name: 'daily_usage_default', bound: 'DEFAULT' }])
+  })
+
   let before0001: Awaited<ReturnType<typeof schemaDump>> | undefined
-  t.test('first rollback reverts 0005 only: no usage_events', async (t) => {
+  t.test('first rollback reverts 0006 only: daily_usage is one plain table again, as 0005 left it', async (t) => {
+    t.equal(await rollback(db.url), '0006_partition_daily_usage')
+    t.same(await statusLines(db.url), stateAfter(6))
+    const dump = await schemaDump(db.url)
+    const kind = await db.pool.query(`SELECT relkind FROM pg_class WHERE oid = 'daily_usage'::regclass`)
+    t.same(kind.rows, [{ relkind: 'r' }], 'a plain table')
+    // The parent's columns, keys and index were 0005's; only the partitions (and their copies of them) go.
+    t.same(dump.columns, (full.columns as Array<{ table_name: string }>).filter((c) => !isPartition(c.table_name)))
+    t.same(dump.constraints, (full.constraints as Array<{ tbl: string }>).filter((c) => !isPartition(c.tbl)))
+    // A partitioned table's index reads "ON ONLY daily_usage" (each partition has its own); the same index otherwise.
+    t.same(dump.indexes, (full.indexes as Array<{ tablename: string; indexdef: string }>).filter((i) => !isPartition(i.tablename))
+      .map((i) => ({ ...i, indexdef: i.indexdef.replace(' ON ONLY ', ' ON ') })))
+    t.same(dump.tiers, full.tiers, 'tiers untouched')
+  })
+
+  t.test('next rollback reverts 0005 only: no usage_events', async (t) => {
     t.equal(await rollback(db.url), '0005_usage_events')
-    t.same(await statusLines(db.url), [...TAGS.slice(0, 5).map((tag) => `${tag}: applied`), '0005_usage_events: pending'])
+    t.same(await statusLines(db.url), stateAfter(5))
     const dump = await schemaDump(db.url)
     t.notOk((dump.columns as Array<{ table_name: string }>).some((c) => c.table_name === 'usage_events'), 'table dropped')
     t.notOk((dump.indexes as Array<{ tablename: string }>).some((i) => i.tablename === 'usage_events'), 'indexes dropped')
@@ -209,7 +249,7 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
 
   t.test('next rollback reverts 0004 only: no idempotency_records', async (t) => {
     t.equal(await rollback(db.url), '0004_idempotency_records')
-    t.same(await statusLines(db.url), [...TAGS.slice(0, 4).map((tag) => `${tag}: applied`), '0004_idempotency_records: pending', '0005_usage_events: pending'])
+    t.same(await statusLines(db.url), stateAfter(4))
     const dump = await schemaDump(db.url)
     t.notOk((dump.columns as Array<{ table_name: string }>).some((c) => c.table_name === 'idempotency_records'), 'table dropped')
     t.ok((dump.columns as Array<{ table_name: string }>).some((c) => c.table_name === 'admin_audit'), 'admin_audit kept')
@@ -217,7 +257,7 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
 
   t.test('next rollback reverts 0003 only: no admin_audit', async (t) => {
     t.equal(await rollback(db.url), '0003_admin_audit')
-    t.same(await statusLines(db.url), [...TAGS.slice(0, 3).map((tag) => `${tag}: applied`), '0003_admin_audit: pending', '0004_idempotency_records: pending', '0005_usage_events: pending'])
+    t.same(await statusLines(db.url), stateAfter(3))
     const dump = await schemaDump(db.url)
     t.notOk((dump.columns as Array<{ table_name: string }>).some((c) => c.table_name === 'admin_audit'), 'table dropped')
     t.same(dump.tiers, full.tiers, 'tiers untouched')
@@ -225,7 +265,7 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
 
   t.test('then 0002 only: the daily counts are int again', async (t) => {
     t.equal(await rollback(db.url), '0002_widen_daily_counts')
-    t.same(await statusLines(db.url), ['0000_init: applied', '0001_utc_tiers_notify: applied', '0002_widen_daily_counts: pending', '0003_admin_audit: pending', '0004_idempotency_records: pending', '0005_usage_events: pending'])
+    t.same(await statusLines(db.url), stateAfter(2))
     const types = await db.pool.query(
       `SELECT column_name, data_type FROM information_schema.columns
         WHERE table_name = 'daily_usage' AND column_name IN ('deployments_created', 'api_calls') ORDER BY column_name`,
@@ -237,7 +277,7 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
 
   t.test('then 0001 only', async (t) => {
     t.equal(await rollback(db.url), '0001_utc_tiers_notify')
-    t.same(await statusLines(db.url), ['0000_init: applied', '0001_utc_tiers_notify: pending', '0002_widen_daily_counts: pending', '0003_admin_audit: pending', '0004_idempotency_records: pending', '0005_usage_events: pending'])
+    t.same(await statusLines(db.url), stateAfter(1))
     const dump = await schemaDump(db.url)
     t.same(dump.settings, [], 'timezone setting reset')
     t.same(dump.triggers, [], 'triggers dropped')
@@ -260,7 +300,8 @@ t.test('migrate, rollback and re-migrate on an empty database', async (t) => {
       'pending  0003_admin_audit',
       'pending  0004_idempotency_records',
       'pending  0005_usage_events',
-      'current: 0000_init; 5 pending',
+      'pending  0006_partition_daily_usage',
+      'current: 0000_init; 6 pending',
     ])
   })
 
