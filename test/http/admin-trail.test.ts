@@ -83,7 +83,7 @@ t.test('every admin action is recorded in admin_audit with its actor and outcome
   ])
   t.match(rows[0]?.detail, { users_reset: 1, users_failed_count: 0, persisted: true }, 'a reset records its summary')
   t.match(rows[4]?.detail, { error: String }, 'a failure records its reason')
-  t.same(rows[5]?.detail, { limits: { max_deployments_per_day: 12 } }, 'a limit edit records the new values')
+  t.same(rows[5]?.detail, { limits: { max_deployments_per_day: 12 }, events_rearmed: 0 }, 'a limit edit records the new values (and the threshold events it re-armed)')
 
   // A user's token cannot act, and leaves no row (the request is refused before any action).
   t.equal((await h.app.inject({ method: 'POST', url: '/api/usage/admin/manual-reset', headers: u.headers })).statusCode, 403)
