@@ -185,6 +185,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     databaseUrl: config.databaseUrl,
     prefix: config.redisKeyPrefix,
     buckets: config.redisBuckets,
+    waitReplicas: config.redisWaitReplicas,
     defaultTier: config.defaultTier,
     failMode: config.usageFailMode,
     commandTimeoutMs: config.redisCommandTimeoutMs,

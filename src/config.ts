@@ -44,6 +44,7 @@ export const EnvSchema = Type.Object({
     expected: 'a comma-separated list of host:port',
   })),
   REDIS_BUCKETS: Int(64, 1, 16_384, 'buckets (hash tags, so Redis Cluster slots) users are spread over; change only as docs/scaling.md says'),
+  REDIS_WAIT_REPLICAS: Int(0, 0, 16, 'replicas every decision must reach (WAIT) before it is answered: 1 makes a failover lose no admitted decision'),
   REDIS_KEY_PREFIX: Type.String({
     default: 'quota:', pattern: '^[^{}\\s]*$', description: 'prefix of every Redis key',
     expected: 'free of braces and spaces (they would break hash tags)',
@@ -135,6 +136,8 @@ export interface Config {
   redisKeyPrefix: string
   /** Buckets users are spread over (REDIS_BUCKETS): one hash tag, so one cluster slot, each. */
   redisBuckets: number
+  /** Replicas a decision must reach before it is answered (REDIS_WAIT_REPLICAS). */
+  redisWaitReplicas: number
   redisAllowNoPersistence: boolean
   /** Set exactly in modes redis and cluster. */
   databaseUrl?: string
@@ -369,6 +372,7 @@ export function loadConfig(env: Env = process.env, options: LoadConfigOptions = 
     ...(webhook !== undefined && { webhook }),
     redisKeyPrefix: vars.REDIS_KEY_PREFIX,
     redisBuckets: vars.REDIS_BUCKETS,
+    redisWaitReplicas: vars.REDIS_WAIT_REPLICAS,
     redisAllowNoPersistence: vars.REDIS_ALLOW_NO_PERSISTENCE,
     http: {
       requestTimeoutMs: vars.HTTP_REQUEST_TIMEOUT_MS,

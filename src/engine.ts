@@ -62,6 +62,8 @@ export interface QuotaEngineOptions {
   databaseUrl?: string
   /** Buckets (hash tags, so cluster slots) users are spread over: REDIS_BUCKETS. @default 64 */
   buckets?: number
+  /** Replicas a decision must reach before it is answered: REDIS_WAIT_REPLICAS. @default 0 */
+  waitReplicas?: number
   /** Prefix of every Redis key. @default 'quota:' */
   prefix?: string
   /** Tier of users first seen. @default 'free' */
@@ -168,6 +170,7 @@ export async function createQuotaEngine(options: QuotaEngineOptions): Promise<Qu
     : new RedisCounterStore(redis, {
         prefix: options.prefix ?? 'quota:',
         ...(options.buckets !== undefined && { buckets: options.buckets }),
+        ...(options.waitReplicas !== undefined && { waitReplicas: options.waitReplicas }),
         loader,
         keyLoader,
         commandTimeoutMs: options.commandTimeoutMs ?? 250,

@@ -7,8 +7,8 @@
  * answers is the codec's business (decide-protocol.ts); this module only moves them.
  */
 import { CounterUnavailableError } from '../errors.ts'
-import { execBatch } from './client.ts'
-import type { RedisClient } from './client.ts'
+import { connectionFor, execBatch } from './client.ts'
+import type { Redis, RedisClient } from './client.ts'
 import { classify, isNoScript } from './errors.ts'
 import type { LuaScript, ScriptArgument } from './lua-script.ts'
 
@@ -33,6 +33,17 @@ export interface BatchHooks {
   batch?(size: number): void
   /** A call failed because the client's command timeout ran out. */
   commandTimeout?(): void
+}
+
+/**
+ * Replicas every call's writes must reach before its answers count (REDIS_WAIT_REPLICAS): a WAIT
+ * on the connection that ran it, per node and per batch. Calls whose writes did not reach them in
+ * `timeoutMs` fail (CounterUnavailableError: the fail mode answers) although the master applied
+ * them: counted, never admitted. So no admitted decision is lost when a replica takes over.
+ */
+export interface ReplicaWait {
+  replicas: number
+  timeoutMs: number
 }
 
 /** ioredis' message when `commandTimeout` runs out. */
@@ -61,6 +72,7 @@ export class ScriptBatcher<Item, Answer> {
     private readonly codec: BatchCodec<Item, Answer>,
     private readonly maxPerCall = MAX_ITEMS_PER_CALL,
     private readonly hooks: BatchHooks = {},
+    private readonly replicaWait: ReplicaWait | undefined = undefined,
   ) {}
 
   submit(bucket: number, item: Item): Promise<Answer> {
@@ -124,6 +136,7 @@ export class ScriptBatcher<Item, Answer> {
       for (const call of calls) rejectAll(call.queued, classify(err))
       return
     }
+    const unreplicated = await this.#unreplicated(calls, replies)
     const missing: Call<Item, Answer>[] = []
     calls.forEach((call, i) => {
       const [err, reply] = replies[i] ?? [new Error('no reply from redis'), null]
@@ -134,6 +147,8 @@ export class ScriptBatcher<Item, Answer> {
       } else if (err) {
         if (isCommandTimeout(err)) hooks.commandTimeout?.()
         rejectAll(call.queued, classify(err))
+      } else if (unreplicated.has(call)) {
+        rejectAll(call.queued, new CounterUnavailableError('redis: the decision did not reach a replica in time'))
       } else {
         this.#settle(call, reply)
       }
@@ -148,6 +163,34 @@ export class ScriptBatcher<Item, Answer> {
       return
     }
     await this.#send(missing, false)
+  }
+
+  /**
+   * With a ReplicaWait: the calls (that ran) whose connection's writes did not reach the replicas
+   * in time. One WAIT per connection: calls of one node share it.
+   */
+  async #unreplicated(calls: Call<Item, Answer>[], replies: [Error | null, unknown][]): Promise<Set<Call<Item, Answer>>> {
+    const wait = this.replicaWait
+    const failed = new Set<Call<Item, Answer>>()
+    if (wait === undefined || wait.replicas <= 0) return failed
+    // Calls by the connection that ran them (the master of their bucket's slot): one WAIT each.
+    const byConnection = new Map<Redis, Call<Item, Answer>[]>()
+    calls.forEach((call, i) => {
+      if (replies[i]?.[0]) return
+      const connection = connectionFor(this.redis, String(call.keysThenArgs[0]))
+      if (connection === undefined) {
+        failed.add(call)
+        return
+      }
+      const group = byConnection.get(connection)
+      if (group) group.push(call)
+      else byConnection.set(connection, [call])
+    })
+    await Promise.all([...byConnection].map(async ([connection, group]) => {
+      const acknowledged = await connection.wait(wait.replicas, wait.timeoutMs).catch(() => 0)
+      if (acknowledged < wait.replicas) for (const call of group) failed.add(call)
+    }))
+    return failed
   }
 
   #settle(call: Call<Item, Answer>, reply: unknown): void {

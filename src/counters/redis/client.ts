@@ -9,6 +9,7 @@
  * later; the scripts refuse to apply a decision past its deadline (see ServerClock), so a 503'd
  * request is never counted afterwards.
  */
+import calculateSlot from 'cluster-key-slot'
 import { Cluster, Redis } from 'ioredis'
 import type { ChainableCommander } from 'ioredis'
 
@@ -64,6 +65,18 @@ export async function loadScript(client: RedisClient, source: string): Promise<v
     return
   }
   await Promise.all(client.nodes('master').map((node) => node.script('LOAD', source)))
+}
+
+/** The connection to the master serving `key`'s slot, as the client's slot map says now. */
+export function masterFor(cluster: Cluster, key: string): Redis | undefined {
+  const nodeKey = cluster.slots[calculateSlot(key)]?.[0]
+  if (nodeKey === undefined) return undefined
+  return cluster.nodes('master').find((node) => `${node.options.host}:${node.options.port}` === nodeKey)
+}
+
+/** The connection a command on `key` went to: the client itself, or on a cluster its master's. */
+export function connectionFor(client: RedisClient, key: string): Redis | undefined {
+  return isCluster(client) ? masterFor(client, key) : client
 }
 
 /** Seed nodes of a cluster, `host:port` each (REDIS_CLUSTER_NODES). */

@@ -58,6 +58,12 @@ export interface RedisCounterStoreOptions {
   prefix?: string
   /** Buckets (hash tags, so cluster slots) users are spread over: REDIS_BUCKETS. @default 64 */
   buckets?: number
+  /**
+   * Replicas a decision's writes must reach before it is answered (REDIS_WAIT_REPLICAS; WAIT after
+   * each batch, see ReplicaWait): with 1, a failover to a replica loses no admitted decision.
+   * @default 0
+   */
+  waitReplicas?: number
   /** Reads a user-day from Postgres when Redis lost it. Without one, lost state counts from 0. */
   loader?: SeedLoader
   /**
@@ -144,9 +150,14 @@ export class RedisCounterStore implements CounterStore {
     }
     const telemetry = options.telemetry
     this.#telemetry = telemetry
+    const replicas = options.waitReplicas ?? 0
+    // WAIT gets the part of the timeout the script's deadline leaves (see DEADLINE_SHARE).
+    const replicaWait = replicas > 0
+      ? { replicas, timeoutMs: Math.max(1, Math.round((options.commandTimeoutMs ?? 250) * (1 - DEADLINE_SHARE))) }
+      : undefined
     this.#batcher = new ScriptBatcher(redis, codec, MAX_ITEMS_PER_CALL, telemetry
       ? { batch: (size) => telemetry.batch(size), commandTimeout: () => telemetry.commandTimeout() }
-      : {})
+      : {}, replicaWait)
     const timeout = options.commandTimeoutMs
     if (timeout !== undefined) {
       const serverClock = new ServerClock(redis)
