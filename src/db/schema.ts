@@ -41,6 +41,11 @@ export const users = pgTable(
   ],
 )
 
+/**
+ * Range-partitioned by month on `date` (daily_usage_YYYY_MM, plus daily_usage_default): drizzle
+ * cannot declare partitioning, so hand-written migration 0006 does it and db/partitions.ts keeps
+ * the months ahead (docs/scaling.md). What follows is what every partition has.
+ */
 export const dailyUsage = pgTable(
   'daily_usage',
   {
