@@ -75,6 +75,8 @@ export async function startRedisCluster(t: Teardownable, options: RedisClusterOp
   await cli('--cluster', 'create', ...addresses, '--cluster-replicas', String(replicas), '--cluster-yes')
 
   const byPort = new Map(nodes.map((n) => [n.port, n]))
+  // Replicas a master can have now: one fewer per dead node (a killed master's replica took over).
+  const liveReplicas = (): number => Math.floor((nodes.filter((n) => n.pid !== undefined).length - masters) / masters)
   const slotTable = async (): Promise<[number, number, number][]> => {
     // Ask a node that is up: CLUSTER SLOTS gives [start, end, [host, port, id], replicas...].
     for (const node of nodes) {
@@ -101,7 +103,14 @@ export async function startRedisCluster(t: Teardownable, options: RedisClusterOp
         if (!info.includes('cluster_state:ok') || !info.includes('cluster_slots_ok:16384')) return false
       }
       const table = await slotTable()
-      return table.every(([, , port]) => byPort.get(port)?.pid !== undefined)
+      if (!table.every(([, , port]) => byPort.get(port)?.pid !== undefined)) return false
+      // Every live master has its replicas attached and in sync (a failover needs one).
+      for (const [, , port] of table) {
+        const info = await command(port, 'INFO', 'replication').catch(() => '')
+        const online = (info.match(/^slave\d+:.*state=online/gm) ?? []).length
+        if (online < Math.min(replicas, liveReplicas())) return false
+      }
+      return true
     }, { what: 'the Redis Cluster to be ok on every live node', timeoutMs, intervalMs: 200 })
   }
   await waitHealthy()

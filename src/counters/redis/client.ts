@@ -27,32 +27,76 @@ export function isCluster(client: RedisClient): client is Cluster {
   return client instanceof Cluster
 }
 
+type Reply = [Error | null, unknown]
+type Invoke = (...args: unknown[]) => Promise<unknown>
+
+/** A command `build` queued: its name and arguments. */
+interface Queued {
+  name: string
+  args: unknown[]
+}
+
+/** Answers that mean Redis refused the command (ran nothing): safe to send again where it points. */
+const REDIRECT = /^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN) /
+
 /**
  * Runs the commands `build` queues and gives their replies in order, as pipeline.exec() does.
- * On one Redis they go as one pipeline. A cluster pipeline must stay on one node, so on a
- * cluster each command is sent on its own, and the client's auto-pipelining (createClusterClient)
- * writes the commands of one event-loop tick as one pipeline per node.
+ * On one Redis they go as one pipeline. On a cluster a pipeline must stay on one node, so the
+ * commands are grouped by the master serving their key's slot and each group goes as one pipeline
+ * on that master's connection, all at once; a command the node refused (MOVED, ASK, TRYAGAIN,
+ * CLUSTERDOWN: nothing ran) is sent again through the cluster client, which follows the redirect.
  */
-export async function execBatch(client: RedisClient, build: (pipeline: ChainableCommander) => void): Promise<[Error | null, unknown][]> {
+export async function execBatch(client: RedisClient, build: (pipeline: ChainableCommander) => void): Promise<Reply[]> {
   if (!isCluster(client)) {
     const pipeline = client.pipeline()
     build(pipeline)
-    return ((await pipeline.exec()) ?? []) as [Error | null, unknown][]
+    return ((await pipeline.exec()) ?? []) as Reply[]
   }
-  const sent: Promise<[Error | null, unknown]>[] = []
-  // Records each queued command as its own call on the cluster client.
+  const queued: Queued[] = []
   const recorder: ChainableCommander = new Proxy({} as ChainableCommander, {
     get(_target, name) {
       return (...args: unknown[]) => {
-        const command = (client as unknown as Record<string | symbol, (...a: unknown[]) => Promise<unknown>>)[name]
-        if (typeof command !== 'function') throw new TypeError(`no command ${String(name)}`)
-        sent.push(command.apply(client, args).then((reply): [null, unknown] => [null, reply], (err: Error): [Error, null] => [err, null]))
+        queued.push({ name: String(name), args })
         return recorder
       }
     },
   })
   build(recorder)
-  return Promise.all(sent)
+  const replies: Reply[] = new Array<Reply>(queued.length)
+  const byNode = new Map<Redis | undefined, number[]>()
+  queued.forEach((command, i) => {
+    // The key: EVALSHA's first key follows the sha and the key count; the others start with it.
+    const key = String(command.name === 'evalsha' ? command.args[2] : command.args[0])
+    const node = masterFor(client, key)
+    const list = byNode.get(node)
+    if (list) list.push(i)
+    else byNode.set(node, [i])
+  })
+  const viaCluster = (command: Queued): Promise<Reply> => {
+    const invoke = (client as unknown as Record<string, Invoke>)[command.name]
+    if (typeof invoke !== 'function') return Promise.resolve([new TypeError(`no command ${command.name}`), null])
+    return invoke.apply(client, command.args).then((reply): Reply => [null, reply], (err: Error): Reply => [err, null])
+  }
+  await Promise.all([...byNode].map(async ([node, indexes]) => {
+    let results: Reply[]
+    if (node === undefined) {
+      results = await Promise.all(indexes.map((i) => viaCluster(queued[i] as Queued)))
+    } else {
+      const pipeline = node.pipeline()
+      const methods = pipeline as unknown as Record<string, (...args: unknown[]) => unknown>
+      for (const i of indexes) {
+        const command = queued[i] as Queued
+        methods[command.name]?.apply(pipeline, command.args)
+      }
+      results = await pipeline.exec().then((r) => (r ?? []) as Reply[], (err: Error) => indexes.map((): Reply => [err, null]))
+      results = await Promise.all(results.map((reply, j) =>
+        reply[0] !== null && REDIRECT.test(reply[0].message) ? viaCluster(queued[indexes[j] as number] as Queued) : reply))
+    }
+    indexes.forEach((i, j) => {
+      replies[i] = results[j] ?? [new Error('no reply from redis'), null]
+    })
+  }))
+  return replies
 }
 
 /**
@@ -64,7 +108,17 @@ export async function loadScript(client: RedisClient, source: string): Promise<v
     await client.script('LOAD', source)
     return
   }
-  await Promise.all(client.nodes('master').map((node) => node.script('LOAD', source)))
+  await Promise.all(servingMasters(client).map((node) => node.script('LOAD', source)))
+}
+
+/**
+ * The connections to the masters serving slots now, by the client's slot map (not
+ * `nodes('master')`: while a client connects, that also lists seed nodes it is about to drop).
+ */
+export function servingMasters(cluster: Cluster): Redis[] {
+  const keys = new Set<string>()
+  for (const owners of cluster.slots) if (owners?.[0] !== undefined) keys.add(owners[0])
+  return cluster.nodes('master').filter((node) => keys.has(`${node.options.host}:${node.options.port}`))
 }
 
 /** The connection to the master serving `key`'s slot, as the client's slot map says now. */
@@ -96,14 +150,20 @@ export interface ClusterClientOptions extends Omit<RedisClientOptions, 'url' | '
  *   sending them again cannot apply anything twice;
  * - `retryDelayOnFailover: 0`: a command whose connection closed before its answer is failed, never
  *   sent again (it may have run: the fail mode applies, and the script's deadline stops a late run);
- * - auto-pipelining: the commands of one event-loop tick go as one pipeline per node, so a turn's
- *   decisions cost one write per master holding any of them.
+ * - the store's batches go through execBatch: one pipeline per master holding any of a turn's
+ *   decisions, so a turn costs one write per master.
  */
 export function createClusterClient(options: ClusterClientOptions): Cluster {
   const cluster = new Cluster(options.nodes.map((n) => ({ host: n.host, port: n.port })), {
     lazyConnect: true,
-    enableOfflineQueue: false,
-    enableAutoPipelining: true,
+    // A cluster connects to each node lazily, on its first command; without a queue, a command for
+    // a node still connecting is refused ("Connection is closed"). Queued commands are bounded by
+    // the node connections' commandTimeout (counted from the call), and a queued decision sent
+    // late is refused by its script's deadline, so the queue parks nothing for long.
+    enableOfflineQueue: true,
+    // Batches are pipelined per node by execBatch; ioredis' auto-pipelining would hold a node's
+    // commands while one pipeline to it is in flight (a queue, not a batch).
+    enableAutoPipelining: false,
     retryDelayOnFailover: 0,
     retryDelayOnClusterDown: 100,
     retryDelayOnTryAgain: 50,
@@ -182,11 +242,17 @@ export function createRedisClient(options: RedisClientOptions): Redis {
 
 /** Connects a lazy client, failing within `timeoutMs` with a message naming the address. */
 export async function connectRedis(redis: RedisClient, url: string, timeoutMs = 5000): Promise<void> {
-  if (redis.status === 'ready') return
+  if (redis.status === 'ready' && !isCluster(redis)) return
   let timer: NodeJS.Timeout | undefined
   try {
     await Promise.race([
-      redis.status === 'wait' ? redis.connect() : new Promise<void>((res) => redis.once('ready', () => res())),
+      (async () => {
+        if (redis.status === 'wait') await redis.connect()
+        else if (redis.status !== 'ready') await new Promise<void>((res) => redis.once('ready', () => res()))
+        // A cluster connects to its masters lazily, on their first command: connect them now, not
+        // in the first burst of decisions (where a slow connect fails every command queued on it).
+        if (isCluster(redis)) await Promise.all(servingMasters(redis).map((node) => node.ping()))
+      })(),
       new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs)
       }),

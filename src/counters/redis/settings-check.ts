@@ -3,7 +3,7 @@
  * eviction policy may drop a counter (a fresh quota), and no persistence widens what a restart
  * loses to the last flush interval. Managed Redis often refuses CONFIG GET; then we say so.
  */
-import { isCluster } from './client.ts'
+import { isCluster, servingMasters } from './client.ts'
 import type { RedisClient } from './client.ts'
 import type { Logger } from 'pino'
 
@@ -27,7 +27,7 @@ export function restartLoses(settings: RedisSettings): 'none' | 'snapshot' | 'ev
 
 /** On a cluster, the settings of its first master (every node should be configured alike). */
 export async function readRedisSettings(client: RedisClient): Promise<RedisSettings> {
-  const redis = isCluster(client) ? (client.nodes('master')[0] ?? client) : client
+  const redis = isCluster(client) ? (servingMasters(client)[0] ?? client) : client
   const get = async (name: string): Promise<string | null> => {
     try {
       const reply = (await redis.config('GET', name)) as unknown

@@ -43,7 +43,7 @@ const Checks = <T extends typeof State | ReturnType<typeof Type.Literal<'ok'>>>(
   Type.Object({ redis: Type.Optional(state), memory: Type.Optional(state), postgres: state })
 const ReadyReply = Type.Object({
   status: Type.Literal('ready'),
-  mode: Type.Union([Type.Literal('redis'), Type.Literal('embedded')]),
+  mode: Type.Union([Type.Literal('redis'), Type.Literal('cluster'), Type.Literal('embedded')]),
   checks: Checks(Type.Literal('ok')),
 })
 const NotReadyReply = Type.Object({
