@@ -141,6 +141,8 @@ export async function ensureMonthPartition(pool: Pool, month: string, options: P
     const waiting = rows[0]?.n ?? 0
     if (waiting === 0) {
       await client.query(`CREATE TABLE IF NOT EXISTS ${ident(name)} PARTITION OF ${ident(DAILY_USAGE)} ${bounds}`)
+      // IF NOT EXISTS skips a table of that name that is no partition (left by hand): say so, loudly.
+      if (!covered(await listPartitions(client))) throw new Error(`${name} exists but is not a partition of ${DAILY_USAGE}`)
       return { month, name, created: true, moved: 0 }
     }
     // The month's rows move into a plain table first, which then becomes the partition.

@@ -158,6 +158,12 @@ t.test('ensureMonthPartition: idempotent; a month waiting in DEFAULT moves into 
   t.same(made.map((p) => [p.name, p.created, p.moved]), [['daily_usage_2030_07', true, 0], ['daily_usage_2030_08', true, 0], ['daily_usage_2030_09', true, 0]])
   t.same((await ensurePartitions(pool, '2030-07-01', 2)).map((p) => p.created), [false, false, false])
 
+  // A table that only has the partition's name is not taken for it.
+  await pool.query(`CREATE TABLE daily_usage_2030_10 (note text)`)
+  await t.rejects(ensureMonthPartition(pool, '2030-10-01'), { message: 'daily_usage_2030_10 exists but is not a partition of daily_usage' })
+  await pool.query(`DROP TABLE daily_usage_2030_10`)
+  t.match(await ensureMonthPartition(pool, '2030-10-01'), { created: true })
+
   // A partition made by hand under another name that covers the month counts as its partition.
   await pool.query(`CREATE TABLE by_hand PARTITION OF daily_usage FOR VALUES FROM ('2030-11-15') TO ('2030-12-15')`)
   t.same((await ensurePartitions(pool, '2030-11-01', 1)).map((p) => p.created), [false, false])
