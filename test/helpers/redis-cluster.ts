@@ -28,6 +28,11 @@ export interface RedisClusterOptions {
    * Short here so failover tests take seconds. @default 1000
    */
   nodeTimeoutMs?: number
+  /**
+   * min-replicas-to-write of every node: a master with fewer replicas in sync refuses writes
+   * (a script fails with NOREPLICAS before running). @default 0
+   */
+  minReplicasToWrite?: number
 }
 
 export interface RedisCluster {
@@ -64,6 +69,7 @@ export async function startRedisCluster(t: Teardownable, options: RedisClusterOp
         '--cluster-node-timeout', String(options.nodeTimeoutMs ?? 1000),
         // A replica promoted by a failover serves at once, even if it lagged (the tests measure it).
         '--cluster-replica-validity-factor', '0',
+        '--min-replicas-to-write', String(options.minReplicasToWrite ?? 0), '--min-replicas-max-lag', '10',
       ],
     }))
   }
