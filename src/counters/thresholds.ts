@@ -1,9 +1,12 @@
 /**
  * Threshold crossings (DESIGN 1.11), as every store computes them. A user-day keeps one bit per
- * daily metric and threshold: set by the decision that takes the metric to the threshold (that
- * decision reports the crossing), cleared by a decision that finds the metric under it again (a
- * refund, a raised limit, a reset), so it can cross again. Only decisions that change a metric and
- * know its limit look: a check changes nothing, and an unlimited metric raises nothing.
+ * daily metric and threshold. A decision that changes a metric reports a crossing when the new
+ * value has reached the threshold and either its bit was not set or the value before was under it
+ * (a changed limit moves the threshold: 8 of 10 set the bit, and after an upgrade to 50 a jump from
+ * 8 to 40 still crosses 80 %); it sets the bit. A decision that finds the metric under a threshold
+ * clears its bit (a refund, a raised limit, a reset), so it can cross again. Only decisions that
+ * change a metric and know its limit look: a check changes nothing, an unlimited metric raises
+ * nothing. A crossing may be reported again (a refund and a new consume): the history keeps one.
  *
  * The Redis store's decide.lua implements the same rule on the same bits (entry field "t"); both
  * compare whole micro-units the same way, so both report the same crossings.
@@ -27,14 +30,16 @@ export function crossingBit(index: number, percent: Threshold): number {
 }
 
 /**
- * The crossed set after a daily metric (registry index 0-2) took `value` under `limit`; calls
- * `crossed` for each threshold newly reached.
+ * The crossed set after a daily metric (registry index 0-2) went from `before` to `value` under
+ * `limit`; calls `crossed` for each threshold crossed.
  */
-export function updateCrossed(bits: number, index: number, value: number, limit: number, crossed: (percent: Threshold) => void): number {
+export function updateCrossed(
+  bits: number, index: number, before: number, value: number, limit: number, crossed: (percent: Threshold) => void,
+): number {
   for (const percent of THRESHOLDS) {
     const bit = crossingBit(index, percent)
     if (reachesThreshold(value, limit, percent)) {
-      if ((bits & bit) === 0) {
+      if ((bits & bit) === 0 || !reachesThreshold(before, limit, percent)) {
         bits |= bit
         crossed(percent)
       }

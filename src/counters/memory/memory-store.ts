@@ -45,7 +45,8 @@ import type {
 import { checkHoldRequest } from '../hold-request.ts'
 import { clearCrossed, crossingRef, updateCrossed } from '../thresholds.ts'
 import { CrossingOutbox } from './crossing-outbox.ts'
-import { DayHolds, reservedOf, settleHold } from './holds.ts'
+import { DayHolds } from './holds.ts'
+import { reservedOf, settleHold } from './settle-hold.ts'
 import { DirtyMarks } from './dirty-marks.ts'
 import { HistoryLoads, NEEDS_KEY, NEEDS_LOAD } from './history-loads.ts'
 import { DEFAULT_IDEMPOTENCY_KEYS_PER_USER, answerRecord, keyRoomWait, liveKey, replay } from './idempotency.ts'
@@ -326,13 +327,14 @@ export class MemoryCounterStore implements CounterStore {
       const m = metrics[i] as MetricAmount
       const index = INDEX[m.metric] as number
       const v = current[i] as number
+      const before = dayCounts[index as 0 | 1 | 2 | 3]
       dayCounts[index as 0 | 1 | 2 | 3] = v
       if (index === STORAGE) {
         user.gauge = v
         this.#users.renewGauge(user, time)
       } else if (m.limit !== null && m.limit >= 0) {
         const state = day
-        state.crossed = updateCrossed(state.crossed, index, v, m.limit, (percent) => {
+        state.crossed = updateCrossed(state.crossed, index, before, v, m.limit, (percent) => {
           this.#crossings.add(user, crossingRef(user.id, state.day, index, percent, v, m.limit as number), now)
         })
       }

@@ -25,7 +25,7 @@ function settle(user: string, mode: 'commit' | 'cancel', units: number, limit: n
 /** The user's crossings, by metric then threshold (crossings of one decision share their time). */
 async function crossingsOf(store: CounterStore, user: string): Promise<ThresholdCrossing[]> {
   return (await store.readCrossings(1000)).filter((c) => c.userId === user)
-    .sort((a, b) => a.at - b.at || a.metric.localeCompare(b.metric) || a.threshold - b.threshold)
+    .sort((a, b) => a.at - b.at || a.metric.localeCompare(b.metric) || a.threshold - b.threshold || a.current - b.current)
 }
 
 export function runHoldConformance(t: Test, name: string, factory: StoreFactory): void {
@@ -139,6 +139,12 @@ export function runHoldConformance(t: Test, name: string, factory: StoreFactory)
     await store.decide(request(both, 'increment', [amount('compute_hours', 12.5, 10)]))
     t.same((await crossingsOf(store, both)).map((c) => `${c.metric}:${c.threshold}:${c.current / M}`).sort(),
       ['compute_hours:100:12.5', 'compute_hours:80:12.5'], 'one increment past both thresholds reports both')
+
+    const upgraded = newUserId()
+    await store.decide(request(upgraded, 'consume', [amount('deployments', 8, 10)]))
+    await store.decide(request(upgraded, 'consume', [amount('deployments', 32, 50)]))
+    t.match(await crossingsOf(store, upgraded), [{ threshold: 80, current: 8 * M, limit: 10 * M }, { threshold: 80, current: 40 * M, limit: 50 * M }],
+      'a raised limit moves the threshold: one decision from under it to past it crosses again')
 
     const unlimited = newUserId()
     await store.decide(request(unlimited, 'consume', [amount('api_calls', 1e6, null), amount('storage', 100, 5)]))

@@ -93,9 +93,10 @@ increment does; cancel releases it. A second commit (cancel) replays the first a
 holds hash. A lapsed hold is released, and its record deleted, by the first decision of the user
 that day after x (no sweeper): until then it counts nowhere, since every reader releases first.
 
-Threshold crossings: a decision that changes a daily metric with a limit sets the bits of the
-thresholds the new value reaches (and adds the crossing to KEYS[4] when a bit was not set), and
-clears those it is under again (a refund, a raised limit, a reset), so they can be crossed again.
+Threshold crossings: a decision that changes a daily metric with a limit adds a crossing to KEYS[4]
+for each threshold the new value reaches when its bit was clear or the value before was under it
+(a changed limit moves the threshold), setting the bit; it clears the bits of thresholds it is
+under again (a refund, a raised limit, a reset), so they can be crossed again (thresholds.ts).
 
 Lost state: a user without an entry today starts the day from yesterday's entry, or else from
 their gauge (a user away for a while), but only if this bucket's state (its epoch) predates the
@@ -230,16 +231,21 @@ local function held_of(entry, positions)
   return held, any
 end
 
--- Sets and clears the threshold bits of daily position p for its new value (see the header);
--- a bit newly set adds the crossing to KEYS[4].
-local function update_crossed(args, entry, p, value, limit)
+local function reaches(value, limit, k)
+  if k == 0 then return value * 5 >= limit * 4 end
+  return value >= limit
+end
+
+-- Sets and clears the threshold bits of daily position p, which went from `before` to `value`
+-- (see the header): a threshold reached with its bit clear, or from under it, adds the crossing
+-- to KEYS[4].
+local function update_crossed(args, entry, p, before, value, limit)
   for k = 0, 1 do
     local b = bit.lshift(1, 2 * (p - 1) + k)
-    local reached
-    if k == 0 then reached = value * 5 >= limit * 4 else reached = value >= limit end
+    local reached = reaches(value, limit, k)
     local set = bit.band(entry[7], b) ~= 0
-    if reached and not set then
-      entry[7] = bit.bor(entry[7], b)
+    if reached and (not set or not reaches(before, limit, k)) then
+      if not set then entry[7] = entry[7] + b end
       local percent = '80'
       if k == 1 then percent = '100' end
       redis.call('ZADD', crossings_key, 'NX', args[NOW], args[USER] .. '|' .. string.sub(args[MARK], 1, 10) .. '|'
@@ -339,7 +345,8 @@ local function apply(args, positions, amounts, limits, current, entry, dirty_cou
   local storage_changed = false
   local text = entry.text
   for i = 1, #positions do
-    local v = current[i] + sign * amounts[i]
+    local current_before = current[i]
+    local v = current_before + sign * amounts[i]
     if v < 0 then v = 0 end -- a refund or a storage decrement never goes below 0
     current[i] = v
     entry[positions[i]] = v
@@ -347,7 +354,7 @@ local function apply(args, positions, amounts, limits, current, entry, dirty_cou
     if positions[i] == 4 then
       storage_changed = true
     elseif limits[i] >= 0 then
-      update_crossed(args, entry, positions[i], v, limits[i])
+      update_crossed(args, entry, positions[i], current_before, v, limits[i])
     end
   end
   local first_of_day = entry[VERSION] == 0
