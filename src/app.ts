@@ -191,6 +191,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     commandTimeoutMs: config.redisCommandTimeoutMs,
     flushIntervalMs: config.flushIntervalMs,
     idempotencyKeysPerUser: config.idempotencyKeysPerUser,
+    ...(config.webhook && { webhook: config.webhook }),
     ...(config.historyRetentionMonths !== undefined && { historyRetentionMonths: config.historyRetentionMonths }),
     clock: app.clock,
     logger: app.log,
