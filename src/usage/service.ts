@@ -170,7 +170,8 @@ export class UsageService {
       // What is held counts against the limit: remaining is what a consume may still take.
       const limit = limits[m]
       if (reserved > 0 && limit !== null) state.remaining = fromMicro(Math.max(0, limit - (answer.current[i] ?? 0) - reserved))
-      states[m] = { ...state, reserved: fromMicro(reserved) }
+      // The gauge is not reservable: only daily metrics carry `reserved`.
+      states[m] = METRICS[m].period === 'day' ? { ...state, reserved: fromMicro(reserved) } : state
     })
     return { user_id: id, tier, date: day, resets_at: nextMidnightIso(now), metrics: states }
   }

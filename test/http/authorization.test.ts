@@ -139,7 +139,7 @@ t.test('admin: a tier change applies to the next decision', async (t) => {
   t.equal(next.headers['ratelimit-limit'], '50')
   const status = (await c.get('/api/usage/status', u.headers)).json()
   t.equal(status.tier, 'pro')
-  t.same(status.metrics.deployments, { current: 11, limit: 50, remaining: 39, unit: 'count', period: 'day' })
+  t.same(status.metrics.deployments, { current: 11, limit: 50, remaining: 39, unit: 'count', period: 'day', reserved: 0 })
   t.equal((await h.db.pool.query('SELECT tier FROM users WHERE id = $1', [u.id])).rows[0]?.tier, 'pro', 'in Postgres')
 
   // back to free: over the limit again, counters kept
@@ -187,7 +187,7 @@ t.test('admin: limits GET and PUT (partial; null = unlimited)', async (t) => {
   t.equal(unlimited.json().max_deployments_per_day, null)
   t.equal(unlimited.json().max_compute_hours_per_day, 2.5, 'still the earlier change')
   const status = (await c.get('/api/usage/status', u.headers)).json()
-  t.same(status.metrics.deployments, { current: 3, limit: null, remaining: null, unit: 'count', period: 'day' })
+  t.same(status.metrics.deployments, { current: 3, limit: null, remaining: null, unit: 'count', period: 'day', reserved: 0 })
   const deploy = await c.post('/api/deploy', u.headers)
   t.equal(deploy.statusCode, 201, 'null = unlimited')
   t.notOk('ratelimit-limit' in deploy.headers, 'no RateLimit fields for an unlimited metric')

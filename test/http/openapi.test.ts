@@ -37,6 +37,9 @@ const ROUTES: [string, string, 'anyone' | 'user' | 'admin', number, number[]][] 
   ['/api/usage/admin/near-limits', 'get', 'admin', 200, [400, 401, 403]],
   ['/api/usage/admin/history', 'get', 'admin', 200, [400, 401, 403]],
   ['/api/usage/admin/events', 'get', 'admin', 200, [400, 401, 403]],
+  ['/api/usage/reservations', 'post', 'user', 201, [400, 401, 413, 415, 422, 429, 503]],
+  ['/api/usage/reservations/{id}/commit', 'post', 'user', 200, [400, 401, 404, 409, 413, 415, 503]],
+  ['/api/usage/reservations/{id}', 'delete', 'user', 200, [401, 404, 409, 503]],
   ['/api/deploy', 'post', 'user', 201, [401, 429, 503]],
 ]
 
