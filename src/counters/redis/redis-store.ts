@@ -1,6 +1,6 @@
 /**
- * The CounterStore on Redis (standalone today; every key of a call shares one hash tag, so the
- * same calls run on a cluster). With flush-ledger.ts, the only code that knows the Lua scripts
+ * The CounterStore on Redis, one server or a Redis Cluster (every key of a call shares one hash
+ * tag; client.ts tells the two apart where it must). With flush-ledger.ts, the only code that knows the Lua scripts
  * and the key layout (keys.ts). Decisions go through a ScriptBatcher (one decide.lua call per
  * bucket per event-loop turn); seeds and resets are one script call each; the flusher's reads and
  * acknowledgements are the FlushLedger's, on the flusher's own connection.
