@@ -7,7 +7,7 @@
 //   usage/                                         the service, the admin service
 //   limits/   counters/   persistence/             (counters/redis/ is the only Redis code)
 //   db/                                            pg + drizzle, one module per table
-//   clock, metrics, ids, limited, logger, config   base modules
+//   clock, metrics, ids, limited, logger, config, env-schema   base modules (env-schema: config's schema)
 //
 // Every rule is an error: `depcruise` exits with the number of errors, so one violation fails
 // lint. Type-only imports count as dependencies (tsPreCompilationDeps below), for the layers and
@@ -24,7 +24,7 @@
 const ROOT = '^(?:|test/fixtures/architecture/[^/]+/)' // not `(...)?`: depcruise refuses nested quantifiers
 const SRC = `${ROOT}src/`
 
-const BASE = `${SRC}(?:clock|metrics|ids|limited|logger|config|telemetry)\\.ts$`
+const BASE = `${SRC}(?:clock|metrics|ids|limited|logger|config|env-schema|telemetry)\\.ts$`
 const TOP = `${SRC}(?:app|server|index|preflight)\\.ts$`
 const COMPOSITION_ROOTS = `${SRC}(?:engine|app|index|preflight|server)\\.ts$`
 const REDIS = `${SRC}counters/redis/`
@@ -59,7 +59,7 @@ export default {
       name: 'base-imports-other-than-base',
       severity: 'error',
       comment:
-        'The base modules (clock, metrics, ids, limited, logger, config) are the bottom layer: they may import each other and packages, but no other file or folder of src/.',
+        'The base modules (clock, metrics, ids, limited, logger, config and its env-schema) are the bottom layer: they may import each other and packages, but no other file or folder of src/.',
       from: { path: BASE },
       to: { path: SRC, pathNot: BASE },
     },

@@ -19,6 +19,7 @@ import {
   checkIdempotencyKey, denialReason, fingerprint, metricState, normalizeUserId, prepareAmounts, prepareFixed,
 } from './amounts.ts'
 import type { PreparedAmounts } from './amounts.ts'
+import { degradedResult, resetsAt } from './degraded.ts'
 import { DenyCache } from './deny-cache.ts'
 import type { Lead } from './deny-cache.ts'
 import { IdempotencyConflictError, IdempotencyKeyLimitError, TotalTooLargeError, UsageUnavailableError } from './errors.ts'
@@ -386,18 +387,4 @@ export class UsageService {
 export function unavailable(err: unknown): Error {
   if (err instanceof CounterUnavailableError) return new UsageUnavailableError(undefined, { cause: err })
   return err instanceof Error ? err : new Error(String(err))
-}
-
-/** Earliest reset among the metrics (ISO): the next UTC midnight, or null when only the gauge. */
-function resetsAt(metrics: readonly MetricName[], now: number): string | null {
-  return metrics.some((m) => METRICS[m].period === 'day') ? nextMidnightIso(now) : null
-}
-
-/** The answer of a spend admitted without the store (USAGE_FAIL_MODE=open): nothing known of usage. */
-function degradedResult(prepared: PreparedAmounts, tier: string, day: string, limits: TierLimits, now: number): ConsumeResult {
-  const metrics: Partial<Record<MetricName, ConsumedMetric>> = {}
-  prepared.metrics.forEach((m, i) => {
-    metrics[m] = { ...metricState(m, 0, limits[m]), current: null, remaining: null, amount: fromMicro(prepared.micro[i] ?? 0) }
-  })
-  return { allowed: true, reason: null, deniedMetric: null, tier, day, metrics, resetsAt: resetsAt(prepared.metrics, now), replayed: false, degraded: true }
 }
