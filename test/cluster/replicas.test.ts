@@ -12,9 +12,7 @@
 import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import { createClusterClient, connectRedis } from '../../src/counters/redis/client.ts'
-import { RedisCounterStore } from '../../src/counters/redis/redis-store.ts'
-import { SCALE } from '../../src/metrics.ts'
+import { mismatches, recordedApiCalls, redisApiCalls } from '../helpers/cluster-totals.ts'
 import { createTestDatabase } from '../helpers/database.ts'
 import { waitUntil } from '../helpers/net.ts'
 import { startRedisCluster } from '../helpers/redis-cluster.ts'
@@ -123,35 +121,12 @@ t.test('three service processes on one cluster: one leader, every one flushes, e
   const exits = await Promise.all(services.map((s) => s.waitForExit(15_000)))
   t.same(exits, services.map(() => ({ code: 0, signal: null })), 'SIGTERM: every process flushed and exited 0')
 
-  const { rows } = await db.pool.query<{ id: string; day: string; n: string }>(
-    `SELECT user_id::text AS id, to_char(date, 'YYYY-MM-DD') AS day, api_calls::text AS n
-       FROM daily_usage WHERE user_id = ANY($1::uuid[])`, [ids])
-  const recorded = new Map<string, number>()
-  for (const r of rows) recorded.set(r.id, (recorded.get(r.id) ?? 0) + Number(r.n))
+  const { byUser: recorded, userDays } = await recordedApiCalls(db.pool, ids)
   const errorsBy = new Map<string, number>()
   for (const o of errors) errorsBy.set(o.user, (errorsBy.get(o.user) ?? 0) + 1)
-  const wrong = ids.filter((id) => {
-    const n = recorded.get(id) ?? 0
-    const a = admitted.get(id) ?? 0
-    return n < a || n > a + (errorsBy.get(id) ?? 0)
-  }).map((id) => ({ id, recorded: recorded.get(id) ?? 0, admitted: admitted.get(id) ?? 0, errors: errorsBy.get(id) ?? 0 }))
-  t.same(wrong, [], 'daily_usage per user = its 200s over the three processes, plus at most its 503s')
+  t.same(mismatches(ids, recorded, admitted, errorsBy), [], 'daily_usage per user = its 200s over the three processes, plus at most its 503s')
 
-  // Redis itself, read with a fresh cluster client.
-  const client = createClusterClient({ nodes: cluster.seeds, commandTimeoutMs: 2000 })
-  t.teardown(() => client.disconnect())
-  await connectRedis(client, cluster.env)
-  const store = new RedisCounterStore(client, {
-    prefix,
-    loader: async (userId, day) => {
-      throw new Error(`Redis has no state for ${userId} on ${day}`)
-    },
-  })
-  const inRedis = new Map<string, number>()
-  for (const r of rows) {
-    const answer = await store.decide({ mode: 'check', userId: r.id, day: r.day, now: Date.now(), metrics: [{ metric: 'api_calls', amount: 0, limit: null }] })
-    inRedis.set(r.id, (inRedis.get(r.id) ?? 0) + (answer.current[0] ?? 0) / SCALE)
-  }
+  const inRedis = await redisApiCalls(t, cluster, prefix, userDays)
   const differ = ids.filter((id) => (inRedis.get(id) ?? 0) !== (recorded.get(id) ?? 0))
     .map((id) => ({ id, redis: inRedis.get(id) ?? 0, daily_usage: recorded.get(id) ?? 0 }))
   t.same(differ, [], 'daily_usage per user = its count in Redis, exactly')
