@@ -155,15 +155,7 @@ export async function rearmTierEvents(pool: Pool, scope: RearmScope & { tier: st
 }
 
 /** An event claimed for one delivery attempt. */
-export interface ClaimedEvent {
-  id: number
-  user_id: string
-  metric: string
-  date: string
-  threshold: number
-  current: string
-  limit: string
-  created_at: string
+export interface ClaimedEvent extends Pick<EventRow, 'id' | 'user_id' | 'metric' | 'date' | 'threshold' | 'current' | 'limit' | 'created_at'> {
   /** Attempts so far, this one included. */
   attempts: number
 }
