@@ -24,9 +24,13 @@ export class LuaScript {
     this.sha = createHash('sha1').update(source).digest('hex')
   }
 
-  /** The script `scripts/<name>.lua`. */
-  static fromFile(name: string): LuaScript {
-    return new LuaScript(name, readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8'))
+  /**
+   * The script `scripts/<name>.lua`, followed by `scripts/<part>.lua` for each of `parts`: one
+   * script kept in several files (they share one chunk, so later parts see the earlier locals).
+   */
+  static fromFile(name: string, ...parts: string[]): LuaScript {
+    const read = (file: string): string => readFileSync(new URL(`./scripts/${file}.lua`, import.meta.url), 'utf8')
+    return new LuaScript(name, [name, ...parts].map(read).join('\n'))
   }
 
   /** One call; Redis failures come back classified (CounterUnavailableError when transient). */

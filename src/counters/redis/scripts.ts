@@ -2,7 +2,7 @@
 import { LuaScript } from './lua-script.ts'
 
 export const SCRIPTS = {
-  decide: LuaScript.fromFile('decide'),
+  decide: LuaScript.fromFile('decide', 'decide-entry', 'decide-run'),
   seed: LuaScript.fromFile('seed'),
   reset: LuaScript.fromFile('reset'),
   ack: LuaScript.fromFile('ack'),
