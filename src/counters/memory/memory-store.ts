@@ -233,7 +233,7 @@ export class MemoryCounterStore implements CounterStore {
       if (!(user.gaugeAt > time)) return NEEDS_LOAD
       if (day === undefined && this.#loads.mayHaveBeenLost(req.day)) return NEEDS_LOAD
     }
-    if (mode === 'commit' || mode === 'cancel') return settleHold(req, day, (d, current) => this.#apply(req, user, d, current, 'increment'))
+    if (mode === 'commit' || mode === 'cancel') return settleHold(req, day, (d, current) => this.#apply(req, user, d, current, 'increment', time))
     if (storesKey) {
       if (!keyChecked && this.#loads.mayHaveKeptKey(req.now)) return NEEDS_KEY
       const wait = keyRoomWait(user, time, this.#keysPerUser)
@@ -283,7 +283,7 @@ export class MemoryCounterStore implements CounterStore {
       const hold = req.hold as HoldRequest
       ;(day.holds ??= new DayHolds()).add(hold.id, INDEX[(metrics[0] as MetricAmount).metric] as number, (metrics[0] as MetricAmount).amount, hold.expiresAt)
     } else if (outcome === 'allowed' && mode !== 'check') {
-      day = this.#apply(req, user, day, current, mode)
+      day = this.#apply(req, user, day, current, mode, time)
     }
 
     if (storesKey) {
@@ -301,9 +301,10 @@ export class MemoryCounterStore implements CounterStore {
    * Applies a decision's amounts to `current` (the values before it, in request order) and the
    * user's day (created when missing): counts, gauge, version, dirty mark and threshold crossings.
    */
-  #apply(req: DecisionRequest, user: UserState, existing: DayState | undefined, current: number[], mode: DecisionMode): DayState {
+  #apply(
+    req: DecisionRequest, user: UserState, existing: DayState | undefined, current: number[], mode: DecisionMode, time: number,
+  ): DayState {
     const { now, metrics } = req
-    const time = this.#clock.now()
     const n = metrics.length
     const sign = mode === 'refund' ? -1 : 1
     let hasStorage = false
