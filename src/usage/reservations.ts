@@ -101,19 +101,31 @@ export interface Hold {
   cancel(): Promise<SettleResult>
 }
 
+/** A reservation's answer with its settlement: commit or cancel it (when granted). */
+export interface HeldReservation extends ReservationResult {
+  hold: Hold | null
+  commit(actual: number): Promise<SettleResult>
+  cancel(): Promise<SettleResult>
+}
+
 export class Reservations {
   constructor(private readonly deps: ReservationDeps) {}
 
-  /** reserve(), with the granted hold as an object to commit or cancel (null when denied). */
-  async hold(userId: string, metric: MetricName, amount: number, options: ReserveOptions = {}): Promise<ReservationResult & { hold: Hold | null }> {
+  /**
+   * reserve() as the library hands it out (DESIGN 1.9): `const hold = await reserve(...)`, then
+   * `hold.commit(actual)` or `hold.cancel()`. A denied one (`allowed: false`) has nothing to settle:
+   * its commit and cancel reject. `hold` is the same methods, or null when denied.
+   */
+  async hold(userId: string, metric: MetricName, amount: number, options: ReserveOptions = {}): Promise<HeldReservation> {
     const result = await this.reserve(userId, metric, amount, options)
     const id = result.reservationId
-    const hold = id === null ? null : {
+    const hold: Hold | null = id === null ? null : {
       id,
       commit: (actual: number) => this.commit(userId, id, actual),
       cancel: () => this.cancel(userId, id),
     }
-    return { ...result, hold }
+    const denied = (): Promise<never> => Promise.reject(new Error(`the reservation was denied (${result.denial?.reason ?? 'over the limit'}): nothing is held`))
+    return { ...result, hold, commit: hold ? hold.commit : denied, cancel: hold ? hold.cancel : denied }
   }
 
   async reserve(userId: string, metric: MetricName, amount: number, options: ReserveOptions = {}): Promise<ReservationResult> {

@@ -24,7 +24,7 @@ import { DenyCache } from './deny-cache.ts'
 import type { Lead } from './deny-cache.ts'
 import { IdempotencyConflictError, IdempotencyKeyLimitError, TotalTooLargeError, UsageUnavailableError } from './errors.ts'
 import { Reservations } from './reservations.ts'
-import type { Hold, ReservationResult, ReserveOptions } from './reservations.ts'
+import type { HeldReservation, ReserveOptions } from './reservations.ts'
 import type { Amounts, CallOptions, ConsumeResult, ConsumedMetric, Decision, MetricState, UsageStatus } from './types.ts'
 
 export { IdempotencyConflictError }
@@ -143,10 +143,10 @@ export class UsageService {
 
   /**
    * Holds `amount` of a daily metric against today's limit until committed, cancelled or lapsed
-   * (`ttlSeconds`, default 300): `hold.commit(actual)` / `hold.cancel()`. Denied: `allowed` false,
-   * `hold` null.
+   * (`ttlSeconds`, default 300): `const hold = await reserve(...)`, then `hold.commit(actual)` or
+   * `hold.cancel()`. Denied: `allowed` false, and commit/cancel reject (nothing is held).
    */
-  reserve(userId: string, metric: MetricName, amount: number, options: ReserveOptions = {}): Promise<ReservationResult & { hold: Hold | null }> {
+  reserve(userId: string, metric: MetricName, amount: number, options: ReserveOptions = {}): Promise<HeldReservation> {
     return this.reservations.hold(userId, metric, amount, options)
   }
 

@@ -170,4 +170,12 @@ t.test('library API: app.usage.reserve, hold.commit, hold.cancel', async (t) => 
   t.notOk((await h.app.usage.reserve(u.id, 'compute_hours', 4)).allowed, 'two concurrent jobs hold 8 of 10: a third cannot')
   t.match(await hold?.commit(3.5), { held: 4, amount: 3.5, exceededHold: false, state: { current: 3.5, reserved: 4 } })
   t.match(await second.hold?.cancel(), { held: 4, state: { current: 3.5, reserved: 0, remaining: 6.5 } })
+
+  // DESIGN 1.9's form: the answer itself commits or cancels.
+  const job = await h.app.usage.reserve(u.id, 'compute_hours', 2)
+  t.match(await job.commit(1.5), { held: 2, amount: 1.5, state: { current: 5, reserved: 0 } })
+  const refused = await h.app.usage.reserve(u.id, 'compute_hours', 6)
+  t.notOk(refused.allowed, '5 used + 6 > 10')
+  await t.rejects(refused.commit(1), /denied/, 'a denied reservation has nothing to commit')
+  await t.rejects(refused.cancel(), /denied/)
 })
